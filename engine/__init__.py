@@ -1,0 +1,11 @@
+"""guide-engine runtime: model zoo and weights cache, protocols, backends, serving, the CLI."""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from guide_engine.engine.errors import GuideEngineError
+
+try:
+    __version__ = _version("guide-engine")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["GuideEngineError", "__version__"]

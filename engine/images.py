@@ -1,0 +1,103 @@
+"""Image I/O: photos in, grids out. Tensors are NCHW float32 RGB in [-1, 1]."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.zoo import atomic_write
+
+MIN_SIDE = 32
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Any size and mode => (1, 3, size, size) in [-1, 1]: RGB, centre-cropped to square, resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise GuideEngineError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise GuideEngineError(f"--image {path}: not a readable image ({type(e).__name__})") from None
+    w, h = im.size
+    if min(w, h) < MIN_SIDE:
+        raise GuideEngineError(f"--image {path}: {w}x{h} is too small; give a face photo of at least {MIN_SIDE}x{MIN_SIDE} px")
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+    arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None]
+    return arr / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] => (N, H, W, 3) uint8."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> None:
+    """(1, 3, H, W) or (3, H, W) in [-1, 1] => PNG, written atomically."""
+    from PIL import Image
+
+    arr = to_uint8(image if image.dim() == 4 else image[None])[0]
+    atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
+              row_labels: Sequence[str] | None = None, captions: Sequence[str] | None = None,
+              scale: int = 1):
+    """(N, 3, H, W) in [-1, 1] => a PIL image: `nrow` images per row, optional label per row (left)
+    and caption per image (below)."""
+    from PIL import Image, ImageDraw
+
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    h, w = h * scale, w * scale
+    cap_h = 12 if captions else 0
+    label_w = 8 + 7 * max((len(s) for s in row_labels), default=0) if row_labels else 0
+    canvas = Image.new("RGB", (label_w + nrow * (w + pad) + pad, rows * (h + pad + cap_h) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        x, y = label_w + pad + c * (w + pad), pad + r * (h + pad + cap_h)
+        canvas.paste(Image.fromarray(arr[i]).resize((w, h), Image.NEAREST), (x, y))
+        if captions:
+            draw.text((x + 1, y + h), captions[i], fill="black")
+    for r, label in enumerate(row_labels or []):
+        draw.text((3, pad + r * (h + pad + cap_h) + h // 2 - 5), label, fill="black")
+    return canvas
+
+
+def save_grid(images: torch.Tensor, path: str | Path, **kw) -> None:
+    grid = make_grid(images, **kw)
+    atomic_write(Path(path), lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' => [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise GuideEngineError(f"--seeds {text!r}: expected a list like 0-15 or 1,4,9") from None
+    if not seeds:
+        raise GuideEngineError(f"--seeds {text!r}: expected non-negative seeds like 0-15 or 1,4,9")
+    return seeds

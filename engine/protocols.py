@@ -1,0 +1,62 @@
+"""The two model protocols every part of the engine is written against.
+
+A *generator* maps latents to images; an *identity network* maps images to identity embeddings.
+The embedded defaults (DCGAN 64x64, dlib ResNet) implement them; bring-your-own models
+(StyleGAN, EG3D, ArcFace) implement the same methods.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A pretrained image generator G: latent -> image. Implementations are nn.Modules."""
+
+    name: str
+    latent_shape: tuple[int, ...]  # one latent, e.g. (100,) for the DCGAN's z, (14, 512) for EG3D's W+
+    resolution: int  # output images are (3, resolution, resolution)
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n, seeded RNG => (n, *latent_shape) float32 on the module's device, drawn from the prior."""
+
+    def average_latent(self) -> torch.Tensor:
+        """=> (1, *latent_shape): w_avg, the latent of the 'average face'."""
+
+    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
+        """(N, *latent_shape) => (N, 3, H, W) float32 RGB in [-1, 1]; differentiable."""
+
+    def representation(self, w: torch.Tensor) -> torch.Tensor:
+        """(N, *latent_shape) => what the MSE term compares (EG3D: tri-planes; 2D generators: the image)."""
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """The parameters unlearning fine-tunes (GUIDE-SPEC section 3)."""
+
+    def train_mode(self) -> None:
+        """Put the module in the mode used while fine-tuning (e.g. DCGAN: BatchNorm stays in eval)."""
+
+
+@runtime_checkable
+class IdentityNetwork(Protocol):
+    """A face-identity network e: image -> unit-norm embedding."""
+
+    name: str
+    dim: int  # embedding size D
+    threshold: float  # the network's own same-person threshold on `distance` (dlib: 0.6)
+    distance_name: str  # what `distance` measures, e.g. "euclidean (raw descriptors)"
+
+    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] => (N, D) the network's raw output (not normalised); differentiable."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] => (N, D) L2-normalised; differentiable."""
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(N, 3, H, W) in [-1, 1] => (intermediate feature maps [(N, C_k, H_k, W_k)], raw descriptors (N, D)),
+        in one forward pass: the perceptual distance and the identity term share it."""
+
+    def distance(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
+        """raw descriptors (N, D), (N, D) => (N,) the network's own distance, compared with `threshold`."""

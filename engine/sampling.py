@@ -1,0 +1,81 @@
+"""Sampling: a generator source (model name, unlearn run directory, export directory) => images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guide_engine.engine import zoo
+from guide_engine.engine.errors import GuideEngineError
+
+
+def default_device(device: str | None = None) -> str:
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise GuideEngineError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GuideEngineError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def load_generator_source(source: str | Path, device: str | None = None):
+    """A model name => the pretrained generator; an unlearn run directory => the unlearned one
+    (base architecture from its config.json, weights from generator.safetensors)."""
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if path.is_dir():
+        weights = path / "generator.safetensors"
+        config = path / "config.json"
+        if not weights.is_file() or not config.is_file():
+            raise GuideEngineError(f"{path}: not an unlearn run directory (needs generator.safetensors and config.json)")
+        g = zoo.load_generator(read_json(config)["generator"], device="cpu")
+        try:
+            g.load_state_dict(load_file(str(weights)))
+        except Exception as e:
+            raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
+        return g.to(default_device(device))
+    if str(source) in zoo.REGISTRY:
+        return zoo.load_generator(str(source), device=default_device(device))
+    raise GuideEngineError(f"--generator {source}: neither a directory nor a known model "
+                           f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")
+
+
+@torch.no_grad()
+def sample_seeds(generator, seeds: list[int], batch: int = 64) -> torch.Tensor:
+    """seeds => (N, 3, H, W) float32 in [-1, 1] on the CPU; an image depends on its seed alone."""
+    w = generator.latents_for_seeds(seeds)
+    return torch.cat([generator.synthesize(w[i:i + batch]).cpu() for i in range(0, len(seeds), batch)])
+
+
+def sample_to_file(source: str, seeds: str, out: Path, backend: str = "torch", device: str | None = None) -> int:
+    from guide_engine.engine.images import parse_seeds, save_grid
+
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise GuideEngineError(f"--out {out}: give a .png (grid) or .npy (raw array) file name")
+    seed_list = parse_seeds(seeds)
+    if backend == "torch":
+        images = sample_seeds(load_generator_source(source, device), seed_list)
+    else:
+        from guide_engine.export.runners import open_runner
+
+        runner = open_runner(Path(source), backend)
+        w = zoo.load_generator(runner.manifest["generator"]).latents_for_seeds(seed_list)
+        images = runner.infer(w)
+    if out.suffix.lower() == ".npy":
+        def write_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, images.numpy().astype(np.float32))
+
+        zoo.atomic_write(out, write_npy)
+    else:
+        save_grid(images, out, nrow=min(8, len(seed_list)), scale=2)
+    return len(seed_list)

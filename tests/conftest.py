@@ -1,0 +1,37 @@
+"""Shared fixtures. The real default models come from the verified cache (`guide-engine models fetch`,
+which `make test` runs first); a test that needs them fails loudly if they are missing."""
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def generator():
+    from guide_engine.engine import zoo
+
+    return zoo.load_generator("digiface-dcgan64")
+
+
+@pytest.fixture(scope="session")
+def identity():
+    from guide_engine.engine import zoo
+
+    return zoo.load_identity("dlib-resnet-v1")
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """A fresh, empty GUIDE_ENGINE_HOME."""
+    monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}, threads {torch.get_num_threads()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"

@@ -1,0 +1,45 @@
+"""The CLI: exit codes, one-line errors, sample outputs."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from guide_engine.engine.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("models", "sample"):
+        assert cmd in r.output
+
+
+def test_sample_grid_and_npy(tmp_path, generator):
+    r = run("sample", "--seeds", "0-3", "--out", str(tmp_path / "g.png"))
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size[0] > 4 * 64
+    r = run("sample", "--seeds", "1,3", "--out", str(tmp_path / "x.npy"))
+    assert r.exit_code == 0, r.output
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (2, 3, 64, 64) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
+    y = np.load(tmp_path / "x.npy")
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["sample", "--seeds", "3-x", "--out", "a.png"], "--seeds"),
+    (["sample", "--seeds", "0-1", "--out", "a.txt"], ".png"),
+    (["sample", "--generator", "nope", "--out", "a.png"], "digiface-dcgan64"),
+    (["models", "fetch", "nope"], "known models"),
+])
+def test_bad_input_one_line_error(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2
+    assert msg in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())  # nothing written
