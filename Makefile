@@ -21,6 +21,8 @@ models: setup
 
 demo: models
 	$(VENV)/bin/guide-engine sample --seeds 0-15 --out $(OUT)/samples.png
+	rm -rf $(OUT)/run $(OUT)/run.partial
+	$(VENV)/bin/guide-engine unlearn --seed 0 --out $(OUT)/run
 	@echo "demo results: $(OUT)/"
 
 test: models

@@ -85,5 +85,40 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
     click.echo(f"wrote {n} images to {out}")
 
 
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--image", type=str, default=None, help="Photo of the person to forget (any size; centre-cropped).")
+@click.option("--seed", type=int, default=None, help="Forget the generator's own identity at this seed instead.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--iters", type=int, default=400, show_default=True, help="Iterations (official: 1000; see README).")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--target", type=click.Choice(["extra", "average"]), default="extra", show_default=True,
+              help="UFO extrapolation (GUIDE) or the average latent (baseline).")
+@click.option("--target-distance", type=float, default=None, help="d, absolute.")
+@click.option("--target-distance-rel", type=float, default=None, help="d relative to r = median ||w - w_avg|| [1.0].")
+@click.option("--alpha-max-rel", type=float, default=None, help="Adjacency range relative to r [0.5 d / r].")
+@click.option("--losses", default="local,adj,glob", show_default=True, help="Baseline: --target average --losses local.")
+@click.option("--generator", default="digiface-dcgan64", show_default=True)
+@click.option("--identity", default="dlib-resnet-v1", show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+@click.option("--run-seed", type=int, default=0, show_default=True, help="Seed of the loop's random latents.")
+@click.option("--invert-steps", type=int, default=300, show_default=True)
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
+def unlearn(image, seed, out, iters, lr, target, target_distance, target_distance_rel, alpha_max_rel, losses,
+            generator, identity, device, run_seed, invert_steps, checkpoint_every, reference_loop, resume) -> None:
+    """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
+    from guide_engine.engine.sampling import default_device
+    from guide_engine.guide.job import unlearn_job
+
+    run = unlearn_job(Path(out), image=image, seed=seed, iters=iters, lr=lr, target=target,
+                      target_distance=target_distance, target_distance_rel=target_distance_rel,
+                      alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity,
+                      device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,
+                      checkpoint_every=checkpoint_every, reference_loop=reference_loop, resume=resume)
+    click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
+
+
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ class DCGANGenerator(nn.Module):
 
     latent_shape = (Z_DIM,)
     resolution = 64
+    representation_is_image = True  # the MSE term compares images; the loop reuses them
 
     def __init__(self, name: str = "digiface-dcgan64", nz: int = Z_DIM, ngf: int = NGF, nc: int = 3):
         super().__init__()

@@ -1,0 +1,1 @@
+"""Benchmarks: sampling throughput per backend, unlearning seconds per iteration."""

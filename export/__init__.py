@@ -1,0 +1,1 @@
+"""ONNX and TensorRT export, runners with one infer() interface, parity checks."""

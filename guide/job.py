@@ -1,0 +1,132 @@
+"""`guide-engine unlearn` as a library function: photo or seed => a run directory.
+
+RUN_DIR/ generator.safetensors  the unlearned weights (full state dict)
+         config.json            the resolved UnlearnConfig
+         identity.json          w_u, w_t and w_avg norms, r, d, how w_u was obtained (never the photo)
+         manifest.json          model names, SHA-256 of base and result, engine version, timings
+         before_after.png       pretrained vs unlearned at w_u, neighbours and random latents
+Work happens in RUN_DIR.partial/ (which also holds the checkpoint for --resume) and is renamed to
+RUN_DIR at the end: a run directory is never half-written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from guide_engine.engine import __version__, zoo
+from guide_engine.engine.errors import GuideEngineError
+from guide_engine.guide.losses import PERCEPTUAL_NAME
+from guide_engine.guide.target import resolve_distance, typical_radius, ufo_target
+from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+
+DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
+ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as a ratio
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    zoo.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *, iters: int = 400, lr: float = 1e-4,
+                target: str = "extra", target_distance: float | None = None, target_distance_rel: float | None = None,
+                alpha_max_rel: float | None = None, losses: str = "local,adj,glob", generator: str = "digiface-dcgan64",
+                identity: str = "dlib-resnet-v1", device: str = "cpu", run_seed: int = 0, invert_steps: int = 300,
+                checkpoint_every: int = 100, reference_loop: bool = False, resume: bool = False,
+                progress: bool = True, stop_after: int | None = None) -> Path:
+    if (image is None) == (seed is None):
+        raise GuideEngineError("give exactly one of --image PATH or --seed N")
+    loss_names = tuple(s.strip() for s in losses.split(",") if s.strip())
+    # Validate everything cheap before any file is written.
+    UnlearnConfig(iters=iters, lr=lr, losses=loss_names).validate()
+    out = Path(out)
+    if out.exists() and not resume:
+        raise GuideEngineError(f"--out {out} already exists; choose a new directory")
+    partial = out.with_name(out.name + ".partial")
+    if resume and not partial.is_dir():
+        raise GuideEngineError(f"--resume: no interrupted run at {partial}")
+    G_s = zoo.load_generator(generator, device=device)
+    id_net = zoo.load_identity(identity, device=device)
+    photo = None
+    if image is not None:
+        from guide_engine.engine.images import load_image
+
+        photo = load_image(image, G_s.resolution)
+
+    t0 = time.perf_counter()
+    if photo is not None:
+        from guide_engine.guide.invert import invert
+
+        w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress)
+        how = {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err,
+               "photo_sha256": hashlib.sha256(Path(image).read_bytes()).hexdigest()}
+    else:
+        w_u = G_s.latents_for_seeds([seed]).to(device)
+        how = {"source": "seed", "seed": seed}
+    t_invert = time.perf_counter() - t0
+
+    r = typical_radius(G_s)
+    d = resolve_distance(r, target_distance, target_distance_rel, DEFAULT_D_REL)
+    a_rel = ALPHA_PER_D * d / r if alpha_max_rel is None else alpha_max_rel
+    w_avg = G_s.average_latent()
+    w_t = ufo_target(w_u, w_avg, d, target)
+    cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
+                        target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
+                        alpha_max_rel=a_rel, losses=loss_names, seed=run_seed, device=device,
+                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=PERCEPTUAL_NAME)
+    partial.mkdir(parents=True, exist_ok=True)
+    _write_json(partial / "config.json", dataclasses.asdict(cfg))
+    t1 = time.perf_counter()
+    G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=resume,
+                                  progress=progress, stop_after=stop_after)
+    t_unlearn = time.perf_counter() - t1
+    if stop_after is not None and stop_after < iters:
+        return partial  # interrupted on purpose (tests): resumable
+
+    from safetensors.torch import save_file
+
+    zoo.atomic_write(partial / "generator.safetensors",
+                     lambda tmp: save_file({k: v.contiguous() for k, v in G_u.state_dict().items()}, str(tmp)))
+    _write_json(partial / "identity.json", {
+        "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
+        "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),
+        "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how})
+    _write_json(partial / "manifest.json", {
+        "engine_version": __version__, "generator": generator, "identity_network": identity,
+        "base_sha256": state_sha256(G_s), "result_sha256": state_sha256(G_u),
+        "identity_hash": hashlib.sha256(w_u.cpu().numpy().tobytes()).hexdigest(),
+        "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
+                      "per_iter": round(t_unlearn / max(1, len(history)), 5)},
+        "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    before_after(G_s, G_u, w_u, partial / "before_after.png", r)
+    (partial / "checkpoint.pt").unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+@torch.no_grad()
+def before_after(G_s, G_u, w_u: torch.Tensor, path: Path, r: float, n: int = 4) -> None:
+    """Rows: pretrained, unlearned. Columns: w_u, n neighbours (0.3 r away), n random latents."""
+    from guide_engine.engine.images import save_grid
+
+    rng = torch.Generator().manual_seed(12345)
+    dirs = torch.randn(n, *w_u.shape[1:], generator=rng).to(w_u.device)
+    dirs = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (w_u.dim() - 1))
+    w = torch.cat([w_u, w_u + 0.3 * r * dirs, G_s.sample_latents(n, rng)])
+    images = torch.cat([G_s.synthesize(w), G_u.synthesize(w)])
+    save_grid(images, path, nrow=len(w), scale=2, row_labels=["pretrained", "unlearned"])

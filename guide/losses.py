@@ -1,0 +1,63 @@
+"""The three losses of Latent Target Unlearning (GUIDE-SPEC section 3).
+
+Per pair (source image x_u from G_u, target image x_t from the frozen G_s):
+    pair = 0.01 * MSE(rep_u, rep_t) + 1.0 * P(x_u, x_t) + 0.1 * ID(x_u, x_t)
+    L_local = pair(w_u, w_t)
+    L_adj   = sum_k pair(w_u + delta_k, w_t + delta_k)           k = 1..N_adj
+    L_glob  = sum_j P(G_u(w_r_j), G_s(w_r_j))                    j = 1..N_glob
+P is LPIPS-VGG when its weights are given; the default is "dlib-lpips": an LPIPS-style distance on
+the identity network's intermediate features (unit-normalised over channels at each position,
+squared difference summed over channels, averaged over space, then averaged over the tapped blocks).
+ID = 1 - cos of the identity embeddings (kernels.identity_distance), target side detached.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from guide_engine.kernels import identity_distance
+
+W_MSE, W_P, W_ID = 0.01, 1.0, 0.1
+PERCEPTUAL_NAME = "dlib-lpips (LPIPS-style distance on dlib ResNet features)"
+
+
+def feature_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS-style: lists of (N, C_k, H_k, W_k) => (N,)."""
+    total = 0
+    for a, b in zip(feats_a, feats_b):
+        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-10)
+        b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-10)
+        total = total + (a - b).pow(2).sum(dim=1).mean(dim=(1, 2))
+    return total / len(feats_a)
+
+
+@dataclass
+class Terms:
+    """Per-sample loss terms of one side-by-side evaluation (N pairs)."""
+
+    mse: torch.Tensor  # (N,)
+    perceptual: torch.Tensor  # (N,)
+    identity: torch.Tensor  # (N,)
+
+    def pair(self) -> torch.Tensor:
+        """(N,) the weighted pair loss 0.01 MSE + P + 0.1 ID."""
+        return W_MSE * self.mse + W_P * self.perceptual + W_ID * self.identity
+
+
+def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto") -> Terms:
+    """Images (N, 3, H, W) from G_u (with grad) and G_s (constant), and their representations => Terms."""
+    feats_u, desc_u = identity_net.features(x_u)
+    with torch.no_grad():
+        feats_t, desc_t = identity_net.features(x_t)
+    mse = (rep_u - rep_t).pow(2).flatten(1).mean(dim=1)
+    return Terms(mse, feature_distance(feats_u, feats_t), identity_distance(desc_u, desc_t, reduction="none", impl=impl))
+
+
+def guide_loss(terms: Terms, n_pairs: int, losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Terms over [local (1), adjacency (n_adj), global (n_glob)] samples => the named losses and their total.
+    Pairs (local, adjacency) take all three terms; global samples only the perceptual term."""
+    pair = terms.pair()
+    out = {"local": pair[:1].sum(), "adj": pair[1:n_pairs].sum(), "glob": terms.perceptual[n_pairs:].sum()}
+    out["total"] = sum(out[k] for k in losses)
+    return out
