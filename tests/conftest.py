@@ -2,8 +2,11 @@
 which `make test` runs first); a test that needs them fails loudly if they are missing."""
 import os
 
-import pytest
-import torch
+# The Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
