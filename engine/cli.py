@@ -120,5 +120,27 @@ def unlearn(image, seed, out, iters, lr, target, target_distance, target_distanc
     click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
 
 
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("source")
+@click.option("--onnx", is_flag=True, help="Export ONNX (opset 17, dynamic batch).")
+@click.option("--fp16", is_flag=True, help="fp16 compute in the graph, fp32 input/output.")
+@click.option("--trt", is_flag=True, help="Also build a TensorRT plan (CUDA host with tensorrt).")
+@click.option("--max-batch", type=int, default=64, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Export directory [SOURCE/export].")
+def export(source, onnx, fp16, trt, max_batch, out) -> None:
+    """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
+    from guide_engine.export.job import export_job
+
+    if out is None:
+        if not Path(source).is_dir():
+            raise GuideEngineError("--out is needed when SOURCE is a model name")
+        out = str(Path(source) / "export")
+    manifest = export_job(source, Path(out), onnx=onnx or not trt, fp16=fp16, trt=trt, max_batch=max_batch)
+    for name, art in manifest["artifacts"].items():
+        p = art["parity"]
+        click.echo(f"{name}: {out}/{art['file']}  max abs {p['max_abs']:.2e}  PSNR {p['psnr']:.1f} dB  passed")
+
+
 if __name__ == "__main__":
     main()

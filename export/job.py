@@ -1,0 +1,92 @@
+"""`guide-engine export`: a run directory or base model => an export directory.
+
+OUT/ generator.onnx (or generator_fp16.onnx), generator.plan (with --trt), export.json, and the
+run's manifest.json / identity.json copied along (verify and serve read them). Every artifact is
+run against PyTorch at batch sizes 1, 7 and the max; one that misses its threshold fails the export
+and leaves nothing behind (work happens in OUT.partial/, renamed at the end).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from guide_engine.engine import __version__
+from guide_engine.engine.errors import CheckFailed, GuideEngineError
+from guide_engine.engine.sampling import load_generator_source
+from guide_engine.engine.zoo import atomic_write, sha256_file
+from guide_engine.export.onnx import OPSET, export_onnx
+from guide_engine.export.parity import compare
+from guide_engine.export.runners import OnnxrtRunner, TorchRunner, TrtRunner
+
+
+def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, trt: bool = False,
+               max_batch: int = 64, workspace_gib: float = 4.0) -> dict:
+    if not (onnx or trt):
+        raise GuideEngineError("nothing to export: give --onnx and/or --trt")
+    if max_batch < 1:
+        raise GuideEngineError(f"--max-batch {max_batch}: must be at least 1")
+    out = Path(out)
+    if out.exists():
+        raise GuideEngineError(f"--out {out} already exists; choose a new directory")
+    if trt:
+        from guide_engine.export.runners import import_tensorrt
+
+        import_tensorrt()  # fail before any work when TensorRT cannot run here
+    generator = load_generator_source(source, device="cpu")
+    ref = TorchRunner(generator, max_batch)
+    latents = generator.latents_for_seeds(range(10_000, 10_000 + max_batch))
+    batches = sorted({1, min(7, max_batch), max_batch})
+    src_dir = Path(source) if Path(source).is_dir() else None
+    source_sha = sha256_file(src_dir / "generator.safetensors") if src_dir else None
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        onnx_name = "generator_fp16.onnx" if fp16 else "generator.onnx"
+        t0 = time.perf_counter()
+        export_onnx(generator, partial / onnx_name, fp16=fp16)
+        ort = OnnxrtRunner(partial / onnx_name, generator.latent_shape, max_batch)
+        artifacts = {"onnx": {"file": onnx_name, "opset": OPSET, "precision": "fp16" if fp16 else "fp32",
+                              "sha256": sha256_file(partial / onnx_name), "export_s": round(time.perf_counter() - t0, 3),
+                              "runtime": f"onnxruntime {__import__('onnxruntime').__version__}", "providers": ort.providers,
+                              "parity": compare(ref, ort, latents, batches, fp16)}}
+        if trt:
+            from guide_engine.export.tensorrt import build_engine
+
+            t0 = time.perf_counter()
+            build_engine(partial / onnx_name, partial / "generator.plan", generator.latent_shape, max_batch,
+                         workspace_gib=workspace_gib, timing_cache=out.parent / ".trt_timing.cache")
+            import tensorrt
+
+            runner = TrtRunner(partial / "generator.plan", generator.latent_shape, max_batch)
+            artifacts["tensorrt"] = {"file": "generator.plan", "precision": "fp16" if fp16 else "fp32",
+                                     "sha256": sha256_file(partial / "generator.plan"),
+                                     "build_s": round(time.perf_counter() - t0, 3), "runtime": f"tensorrt {tensorrt.__version__}",
+                                     "device": torch.cuda.get_device_name(),
+                                     "parity": compare(ref, runner, latents, batches, fp16)}
+        manifest = {"engine_version": __version__, "generator": getattr(generator, "name", "?"),
+                    "latent_shape": list(generator.latent_shape), "max_batch": max_batch, "input": "w", "output": "image",
+                    "source": str(source), "source_weights_sha256": source_sha, "artifacts": artifacts,
+                    "versions": {"torch": torch.__version__, "python": platform.python_version()},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        failed = [k for k, a in artifacts.items() if not a["parity"]["passed"]]
+        if failed:
+            detail = "; ".join(f"{k}: max abs {artifacts[k]['parity']['max_abs']:.2e}, PSNR {artifacts[k]['parity']['psnr']:.1f} dB "
+                               f"(needs {artifacts[k]['parity']['threshold']})" for k in failed)
+            raise CheckFailed(f"export parity failed, no artifact written: {detail}")
+        if src_dir:
+            for f in ("manifest.json", "identity.json", "config.json", "report.json"):
+                if (src_dir / f).is_file():
+                    shutil.copy2(src_dir / f, partial / f)
+        atomic_write(partial / "export.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,142 @@
+"""Runners: one interface, `infer(w) -> image`, over PyTorch, ONNX Runtime and TensorRT.
+
+`infer` validates the input (shape, dtype, finite, batch range) and calls `infer_impl`.
+Optional dependencies (onnxruntime, tensorrt) are imported lazily: a missing one explains itself.
+Contract: w (N, *latent_shape) float32 => image (N, 3, H, W) float32 in [-1, 1], on the CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guide_engine.engine.errors import GuideEngineError
+
+
+class Runner:
+    name = "runner"
+
+    def __init__(self, latent_shape: tuple[int, ...], max_batch: int = 1 << 16):
+        self.latent_shape = tuple(latent_shape)
+        self.max_batch = max_batch
+
+    def infer(self, w) -> torch.Tensor:
+        if isinstance(w, np.ndarray):
+            w = torch.from_numpy(w)
+        if not isinstance(w, torch.Tensor):
+            raise GuideEngineError(f"latents must be a tensor or array, got {type(w).__name__}")
+        if w.dtype != torch.float32:
+            raise GuideEngineError(f"latents must be float32, got {w.dtype}")
+        if w.dim() != 1 + len(self.latent_shape) or tuple(w.shape[1:]) != self.latent_shape:
+            raise GuideEngineError(f"latents must have shape (N, {', '.join(map(str, self.latent_shape))}), got {tuple(w.shape)}")
+        if not 1 <= w.shape[0] <= self.max_batch:
+            raise GuideEngineError(f"batch of {w.shape[0]} latents: this {self.name} artifact takes 1 to {self.max_batch}")
+        if not torch.isfinite(w).all():
+            raise GuideEngineError("latents contain NaN or infinity")
+        return self.infer_impl(w.contiguous())
+
+    def infer_impl(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchRunner(Runner):
+    name = "torch"
+
+    def __init__(self, generator, max_batch: int = 1 << 16):
+        super().__init__(generator.latent_shape, max_batch)
+        self.generator = generator.eval()
+        self.device = generator.average_latent().device
+
+    @torch.no_grad()
+    def infer_impl(self, w):
+        return self.generator.synthesize(w.to(self.device)).float().cpu()
+
+
+class OnnxrtRunner(Runner):
+    """ONNX Runtime; asks for the CUDA / TensorRT providers when onnxruntime-gpu offers them,
+    and records in `providers` what the session really runs."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, latent_shape, max_batch: int = 1 << 16, providers: list[str] | None = None):
+        super().__init__(latent_shape, max_batch)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise GuideEngineError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu on a CUDA host)") from None
+        available = ort.get_available_providers()
+        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GuideEngineError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+
+    def infer_impl(self, w):
+        return torch.from_numpy(self.session.run(None, {self.input_name: w.cpu().numpy()})[0]).float()
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise GuideEngineError("TensorRT is not installed: on a CUDA host, pip install tensorrt (the `trt` extra)") from None
+    if not torch.cuda.is_available():
+        raise GuideEngineError("TensorRT needs a CUDA GPU, and torch sees none on this machine")
+    return trt
+
+
+class TrtRunner(Runner):
+    """A TensorRT plan executed with torch-allocated CUDA buffers (set_tensor_address +
+    execute_async_v3 on the current torch stream); no pycuda."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan: str | Path, latent_shape, max_batch: int):
+        super().__init__(latent_shape, max_batch)
+        trt = import_tensorrt()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise GuideEngineError(f"{plan}: TensorRT could not deserialise this plan (built for another GPU or version?)")
+        self.context = self.engine.create_execution_context()
+
+    @torch.no_grad()
+    def infer_impl(self, w):
+        w = w.cuda()
+        self.context.set_input_shape("w", tuple(w.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape("image")), device="cuda", dtype=torch.float32)
+        self.context.set_tensor_address("w", w.data_ptr())
+        self.context.set_tensor_address("image", out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise GuideEngineError("TensorRT execution failed")
+        stream.synchronize()
+        return out.cpu()
+
+
+def open_runner(export_dir: Path, backend: str) -> Runner:
+    """An export directory (with export.json) => the runner of `backend` over its artifact."""
+    manifest_path = Path(export_dir) / "export.json"
+    if not manifest_path.is_file():
+        raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` first")
+    manifest = json.loads(manifest_path.read_text())
+    shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
+    art = manifest["artifacts"]
+    if backend == "onnxruntime":
+        runner = OnnxrtRunner(Path(export_dir) / art["onnx"]["file"], shape, max_batch)
+    elif backend == "tensorrt":
+        if "tensorrt" not in art:
+            raise GuideEngineError(f"{export_dir}: has no TensorRT plan; export again with --trt on a CUDA host")
+        runner = TrtRunner(Path(export_dir) / art["tensorrt"]["file"], shape, max_batch)
+    else:
+        raise GuideEngineError(f"--backend {backend}: an export directory serves onnxruntime or tensorrt")
+    runner.manifest = manifest
+    return runner
