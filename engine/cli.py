@@ -142,5 +142,27 @@ def export(source, onnx, fp16, trt, max_batch, out) -> None:
         click.echo(f"{name}: {out}/{art['file']}  max abs {p['max_abs']:.2e}  PSNR {p['psnr']:.1f} dB  passed")
 
 
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
+              help="torch for a run directory; onnxruntime/tensorrt for an export directory.")
+@click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
+@click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
+@click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (faster).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(run_dir, backend, n_preserve, compare, no_reinversion, as_json) -> None:
+    """Prove the identity is gone and the rest kept; exit 0 only if both hold (1 if not)."""
+    import json
+
+    from guide_engine.engine.errors import CheckFailed
+    from guide_engine.guide.verify import summary_table, verify_run
+
+    report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion)
+    click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
+    if not report["passed"]:
+        raise CheckFailed(f"verification failed: see {run_dir}/report.json")
+
+
 if __name__ == "__main__":
     main()
