@@ -164,5 +164,24 @@ def verify(run_dir, backend, n_preserve, compare, no_reinversion, as_json) -> No
         raise CheckFailed(f"verification failed: see {run_dir}/report.json")
 
 
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--quick", is_flag=True, help="Fewer repeats and iterations (under 3 minutes on a 2-core CPU).")
+@click.option("--backends", default="torch,torch-compile,onnxruntime,tensorrt", show_default=True)
+@click.option("--batch", "batches", default="1,16,64", show_default=True)
+@click.option("--generator", "source", default="digiface-dcgan64", show_default=True, help="Model name or run directory.")
+@click.option("--unlearn-iters", type=int, default=None, help="Timed unlearning iterations [5 quick, 30].")
+@click.option("--out", type=click.Path(file_okay=False), default="results/bench", show_default=True)
+def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
+    """Throughput of sampling per backend and of unlearning (batched vs reference loop)."""
+    from guide_engine.bench.run import markdown, run_bench
+    from guide_engine.engine.images import parse_seeds
+
+    res = run_bench(Path(out), [b.strip() for b in backends.split(",") if b.strip()], parse_seeds(batches), quick,
+                    source, unlearn_iters)
+    click.echo(markdown(res))
+    click.echo(f"wrote {out}/bench.json, bench.md, bench.png")
+
+
 if __name__ == "__main__":
     main()

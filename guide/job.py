@@ -83,6 +83,9 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     a_rel = ALPHA_PER_D * d / r if alpha_max_rel is None else alpha_max_rel
     w_avg = G_s.average_latent()
     w_t = ufo_target(w_u, w_avg, d, target)
+    with torch.no_grad():  # how far the target itself is from the identity, to the identity network
+        desc = id_net.descriptors(G_s.synthesize(torch.cat([w_u, w_t])))
+        target_id_dist = id_net.distance(desc[:1], desc[1:]).item()
     cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
                         alpha_max_rel=a_rel, losses=loss_names, seed=run_seed, device=device,
@@ -103,7 +106,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     _write_json(partial / "identity.json", {
         "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
         "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),
-        "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how})
+        "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how,
+        "target_id_dist": target_id_dist, "identity_distance_name": id_net.distance_name})
     _write_json(partial / "manifest.json", {
         "engine_version": __version__, "generator": generator, "identity_network": identity,
         "base_sha256": state_sha256(G_s), "result_sha256": state_sha256(G_u),

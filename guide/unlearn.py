@@ -130,12 +130,13 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     history, t0 = [], time.perf_counter()
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
     for it in range(start, end):
+        t_it = time.perf_counter()
         lat_u, lat_t = iteration_latents(G_s, w_u, w_t, cfg, it)
         losses = step(G_u, G_s, identity_net, lat_u, lat_t, cfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
-        history.append({k: round(v.item(), 6) for k, v in losses.items()})
+        history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):
             _save_checkpoint(checkpoint, G_u, opt, it + 1)
         if progress and (it % 10 == 0 or it + 1 == end):

@@ -1,0 +1,174 @@
+"""`guide-engine bench`: sampling throughput per backend (each in its own process) and unlearning
+seconds per iteration (batched vs reference loop), written as bench.json, bench.md and bench.png.
+
+Peak FLOP/s is measured, not looked up: the best of a few fp32 1024x1024 matmuls on the same device
+(torch.mm, all threads); the fraction reached is the model's counted FLOPs x images/s over that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.zoo import atomic_write
+
+ALL_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+def measured_peak_flops(device: str = "cpu", n: int = 1024) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def skip_reason(backend: str) -> str | None:
+    if backend == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "tensorrt is not installed (pip install tensorrt on a CUDA host)"
+        if not torch.cuda.is_available():
+            return "no CUDA GPU"
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed"
+    return None
+
+
+def _subprocess_json(args: list[str], timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": last[:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = False,
+              source: str = "digiface-dcgan64", unlearn_iters: int | None = None) -> dict:
+    bad = [b for b in backends if b not in ALL_BACKENDS]
+    if bad:
+        raise GuideEngineError(f"--backends {','.join(bad)}: choose from {','.join(ALL_BACKENDS)}")
+    if not batches or min(batches) < 1:
+        raise GuideEngineError("--batch: give positive batch sizes, e.g. 1,16,64")
+    repeats = 3 if quick else 7
+    sampling, skipped = [], {}
+    for b in backends:
+        if (why := skip_reason(b)) is not None:
+            skipped[b] = why
+            continue
+        res = _subprocess_json(["guide_engine.bench.sampling", b, source, ",".join(map(str, batches)), str(repeats)], 900)
+        if "error" in res:
+            skipped[b] = res["error"]
+        else:
+            sampling.append(res)
+    iters = unlearn_iters or (5 if quick else 30)
+    unlearning = _subprocess_json(["guide_engine.bench.unlearning", str(iters)], 1800)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peak = measured_peak_flops(device)
+    eager = {r["batch"]: r["images_per_s"] for s in sampling if s["backend"] == "torch" for r in s["rows"]}
+    for s in sampling:
+        for r in s["rows"]:
+            r["vs_torch_eager"] = r["images_per_s"] / eager[r["batch"]] if r["batch"] in eager else None
+            r["frac_of_peak"] = r["images_per_s"] * s["flops_per_image"] / peak
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                           "onnxruntime": _version("onnxruntime")},
+              "peak_flops": peak, "peak_method": f"best of 5 x 4 fp32 1024x1024 torch.mm on {device}",
+              "quick": quick, "sampling": sampling, "skipped": skipped, "unlearning": unlearning}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "bench.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(out / "bench.md", lambda tmp: tmp.write_text(markdown(result)))
+    plot(result, out / "bench.png")
+    return result
+
+
+def _version(mod: str) -> str | None:
+    try:
+        return __import__(mod).__version__
+    except ImportError:
+        return None
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# guide-engine bench ({res['date']})", "",
+             f"device: {res['device']} · CPU: {res['cpu_model']} · threads: {res['threads']} · torch {res['versions']['torch']}"
+             f" · peak {res['peak_flops'] / 1e9:.1f} GFLOP/s ({res['peak_method']})", "",
+             "| backend | batch | images/s (median) | min-max | x torch eager | % of peak |", "|-|-|-|-|-|-|"]
+    for s in res["sampling"]:
+        for r in s["rows"]:
+            ratio = "-" if r["vs_torch_eager"] is None else f"{r['vs_torch_eager']:.2f}"
+            lines.append(f"| {s['backend']} | {r['batch']} | {r['images_per_s']:.1f} | {r['min']:.1f}-{r['max']:.1f} | "
+                         f"{ratio} | {100 * r['frac_of_peak']:.1f} |")
+    for b, why in res["skipped"].items():
+        lines.append(f"| {b} | - | skipped: {why} | | | |")
+    u = res["unlearning"]
+    lines += ["", "| unlearning loop | s/iter (median) | min-max |", "|-|-|-|"]
+    if "error" in u:
+        lines.append(f"| failed | {u['error']} | |")
+    else:
+        for k in ("batched", "reference_loop"):
+            lines.append(f"| {k} | {u[k]['s_per_iter']:.3f} | {u[k]['min']:.3f}-{u[k]['max']:.3f} |")
+        lines.append(f"\nbatched loop speed-up over the reference structure: {u['speedup_batched']:.2f}x "
+                     f"({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']})")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    """A grouped bar chart of images/s per backend and batch (Pillow; no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    rows = [(s["backend"], r["batch"], r["images_per_s"]) for s in res["sampling"] for r in s["rows"]]
+    W, H, left, bottom = 760, 360, 60, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    top = max([v for *_, v in rows] + [1.0]) * 1.1
+    d.text((left, 8), f"sampling throughput, images/s ({res['device']}, {res['threads']} threads)", fill="black")
+    d.line((left, H - bottom, W - 10, H - bottom), fill="black")
+    d.line((left, 30, left, H - bottom), fill="black")
+    colors = {"torch": "#4c72b0", "torch-compile": "#55a868", "onnxruntime": "#c44e52", "tensorrt": "#8172b2"}
+    batches = sorted({b for _, b, _ in rows})
+    backends = [s["backend"] for s in res["sampling"]]
+    group_w = (W - left - 20) / max(1, len(batches))
+    bar_w = group_w * 0.8 / max(1, len(backends))
+    for gi, b in enumerate(batches):
+        x0 = left + 10 + gi * group_w
+        d.text((x0 + group_w * 0.3, H - bottom + 6), f"batch {b}", fill="black")
+        for bi, name in enumerate(backends):
+            v = next((v for n, bb, v in rows if n == name and bb == b), None)
+            if v is None:
+                continue
+            x = x0 + bi * bar_w
+            y = H - bottom - (H - bottom - 30) * v / top
+            d.rectangle((x, y, x + bar_w - 3, H - bottom), fill=colors.get(name, "gray"))
+            d.text((x, y - 12), f"{v:.0f}", fill="black")
+    for i, name in enumerate(backends):
+        d.rectangle((left + i * 150, H - 22, left + i * 150 + 12, H - 10), fill=colors.get(name, "gray"))
+        d.text((left + i * 150 + 16, H - 22), name, fill="black")
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

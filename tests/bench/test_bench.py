@@ -1,0 +1,35 @@
+"""`bench --quick` on a tiny configuration writes all three files with real figures."""
+import json
+
+from click.testing import CliRunner
+
+from guide_engine.bench.sampling import dcgan_flops
+from guide_engine.engine.cli import main
+
+
+def test_bench_tiny(tmp_path, generator):
+    out = tmp_path / "b"
+    r = CliRunner().invoke(main, ["bench", "--quick", "--backends", "torch,onnxruntime,tensorrt", "--batch", "1,2",
+                                  "--unlearn-iters", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert {s["backend"] for s in res["sampling"]} == {"torch", "onnxruntime"}
+    for s in res["sampling"]:
+        assert [row["batch"] for row in s["rows"]] == [1, 2]
+        assert all(row["images_per_s"] > 0 and row["frac_of_peak"] > 0 for row in s["rows"])
+    assert "tensorrt" in res["skipped"] or any(s["backend"] == "tensorrt" for s in res["sampling"])
+    u = res["unlearning"]
+    assert u["batched"]["s_per_iter"] > 0 and u["reference_loop"]["s_per_iter"] > 0
+    assert "| torch | 1 |" in (out / "bench.md").read_text()
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_backend(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--backends", "cuda-magic", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "choose from" in r.output
+
+
+def test_flop_count(generator):
+    # 4x4 transposed convs: 100->512 @1x1, 512->256 @4x4, 256->128 @8x8, 128->64 @16x16, 64->3 @32x32 inputs
+    macs = 16 * (100 * 512 * 1 + 512 * 256 * 16 + 256 * 128 * 64 + 128 * 64 * 256 + 64 * 3 * 1024)
+    assert dcgan_flops(generator) == 2 * macs
