@@ -1,9 +1,9 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both are idempotent.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH ?= torch==2.13.0   # the CPU wheel on this machine; on a CUDA host: make TORCH='torch>=2.4' ...
+# The CPU wheel on this machine; on a CUDA host: make TORCH='torch>=2.4' demo
+TORCH ?= torch==2.13.0
 OUT ?= results/demo
-export TRITON_INTERPRET ?= 1
 
 .PHONY: setup models demo test clean
 
@@ -23,10 +23,12 @@ demo: models
 	$(VENV)/bin/guide-engine sample --seeds 0-15 --out $(OUT)/samples.png
 	rm -rf $(OUT)/run $(OUT)/run.partial
 	$(VENV)/bin/guide-engine unlearn --seed 0 --out $(OUT)/run
-	@echo "demo results: $(OUT)/"
+	$(VENV)/bin/guide-engine verify $(OUT)/run
+	@echo "demo results: $(OUT)/samples.png, $(OUT)/run/before_after.png, $(OUT)/run/report.png, $(OUT)/run/report.json"
 
+# Triton kernels run on CPU tensors through the interpreter in the tests.
 test: models
-	$(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
