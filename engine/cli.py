@@ -183,5 +183,26 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
     click.echo(f"wrote {out}/bench.json, bench.md, bench.png")
 
 
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Micro-batch size limit.")
+@click.option("--max-wait-ms", type=float, default=5.0, show_default=True, help="Micro-batch collection window.")
+@click.option("--max-per-request", type=int, default=16, show_default=True)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Per-request timeout, seconds.")
+@click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed.")
+@click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
+def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, timeout, allow_unverified, guard) -> None:
+    """HTTP service for an unlearned generator (run or export directory)."""
+    from guide_engine.engine.serve import ServeConfig, serve as run_server
+
+    run_server(Path(source), ServeConfig(backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                         max_per_request=max_per_request, timeout_s=timeout,
+                                         allow_unverified=allow_unverified, guard=guard), host, port)
+
+
 if __name__ == "__main__":
     main()
