@@ -128,7 +128,9 @@ def unlearn(image, seed, out, iters, lr, target, target_distance, target_distanc
 @click.option("--trt", is_flag=True, help="Also build a TensorRT plan (CUDA host with tensorrt).")
 @click.option("--max-batch", type=int, default=64, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export directory [SOURCE/export].")
-def export(source, onnx, fp16, trt, max_batch, out) -> None:
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
+              help="Also write an NVIDIA Triton Inference Server model repository here.")
+def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
     from guide_engine.export.job import export_job
 
@@ -140,6 +142,10 @@ def export(source, onnx, fp16, trt, max_batch, out) -> None:
     for name, art in manifest["artifacts"].items():
         p = art["parity"]
         click.echo(f"{name}: {out}/{art['file']}  max abs {p['max_abs']:.2e}  PSNR {p['psnr']:.1f} dB  passed")
+    if triton_repo:
+        from guide_engine.export.triton_repo import write_triton_repo
+
+        click.echo(f"Triton model repository: {write_triton_repo(Path(out), Path(triton_repo))}")
 
 
 # ---------------------------------------------------------------------------------------------

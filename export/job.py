@@ -71,7 +71,8 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                                      "device": torch.cuda.get_device_name(),
                                      "parity": compare(ref, runner, latents, batches, fp16)}
         manifest = {"engine_version": __version__, "generator": getattr(generator, "name", "?"),
-                    "latent_shape": list(generator.latent_shape), "max_batch": max_batch, "input": "w", "output": "image",
+                    "latent_shape": list(generator.latent_shape),
+                    "image_shape": [3, generator.resolution, generator.resolution], "max_batch": max_batch, "input": "w", "output": "image",
                     "source": str(source), "source_weights_sha256": source_sha, "artifacts": artifacts,
                     "versions": {"torch": torch.__version__, "python": platform.python_version()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -105,3 +105,21 @@ def test_trt_parity(tmp_path):
         pytest.skip("TensorRT needs a CUDA GPU")
     manifest = export_job("digiface-dcgan64", tmp_path / "t", trt=True, max_batch=16)
     assert manifest["artifacts"]["tensorrt"]["parity"]["passed"]
+
+
+def test_triton_repository_config_parses(tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] (dev extra)")
+    from google.protobuf import text_format
+
+    run = tmp_path / "myrun"
+    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "8", "--out", str(run / "export"),
+                                  "--triton-repo", str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "repo" / "guide_myrun"
+    assert (model / "1" / "model.onnx").is_file()
+    cfg = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.name == "guide_myrun" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 8
+    assert list(cfg.input[0].dims) == [100] and cfg.input[0].name == "w"
+    assert list(cfg.output[0].dims) == [3, 64, 64] and cfg.output[0].data_type == model_config_pb2.TYPE_FP32
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 8]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

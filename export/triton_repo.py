@@ -1,0 +1,54 @@
+"""An NVIDIA Triton Inference Server model repository for an exported generator:
+DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx (or model.plan), with the max batch size,
+dynamic batching and instance groups. The batch axis is implicit in Triton (max_batch_size > 0)."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from guide_engine.engine.errors import GuideEngineError
+
+
+def config_pbtxt(name: str, platform: str, latent_shape: list[int], image_shape: list[int], max_batch: int,
+                 instances: int = 1, kind: str = "KIND_GPU", queue_delay_us: int = 2000) -> str:
+    preferred = sorted({b for b in (max(1, max_batch // 4), max_batch) if b >= 1})
+    backend = 'backend: "onnxruntime"' if platform == "onnx" else 'platform: "tensorrt_plan"'
+    dims = lambda s: ", ".join(map(str, s))  # noqa: E731
+    return f"""name: "{name}"
+{backend}
+max_batch_size: {max_batch}
+input [
+  {{ name: "w" data_type: TYPE_FP32 dims: [ {dims(latent_shape)} ] }}
+]
+output [
+  {{ name: "image" data_type: TYPE_FP32 dims: [ {dims(image_shape)} ] }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {dims(preferred)} ]
+  max_queue_delay_microseconds: {queue_delay_us}
+}}
+instance_group [
+  {{ count: {instances} kind: {kind} }}
+]
+"""
+
+
+def write_triton_repo(export_dir: Path, repo: Path, name: str | None = None) -> Path:
+    """Copy the export's artifact (the TensorRT plan if there is one, else the ONNX file) into a
+    Triton model repository; => the model's folder."""
+    import json
+
+    manifest = json.loads((export_dir / "export.json").read_text())
+    name = name or re.sub(r"[^A-Za-z0-9_-]", "_", f"guide_{export_dir.parent.name}")
+    art = manifest["artifacts"]
+    platform, src, target = (("tensorrt", art["tensorrt"]["file"], "model.plan") if "tensorrt" in art
+                             else ("onnx", art["onnx"]["file"], "model.onnx"))
+    model_dir = repo / name
+    if model_dir.exists():
+        raise GuideEngineError(f"--triton-repo: {model_dir} already exists")
+    (model_dir / "1").mkdir(parents=True)
+    shutil.copy2(export_dir / src, model_dir / "1" / target)
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, platform, manifest["latent_shape"],
+                                                         manifest["image_shape"], manifest["max_batch"]))
+    return model_dir
