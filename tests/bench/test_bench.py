@@ -1,6 +1,8 @@
 """`bench --quick` on a tiny configuration writes all three files with real figures."""
 import json
 
+import torch
+
 from click.testing import CliRunner
 
 from guide_engine.bench.sampling import dcgan_flops
@@ -33,3 +35,14 @@ def test_flop_count(generator):
     # 4x4 transposed convs: 100->512 @1x1, 512->256 @4x4, 256->128 @8x8, 128->64 @16x16, 64->3 @32x32 inputs
     macs = 16 * (100 * 512 * 1 + 512 * 256 * 16 + 256 * 128 * 64 + 128 * 64 * 256 + 64 * 3 * 1024)
     assert dcgan_flops(generator) == 2 * macs
+
+
+def test_kernel_bench_quick_on_cpu(tmp_path, monkeypatch):
+    from guide_engine.bench import kernels
+
+    monkeypatch.chdir(tmp_path)
+    rows = kernels.main(quick=True)
+    assert len(rows) == 12 and all(r["ref_eager_us"] > 0 for r in rows)
+    assert (tmp_path / "kernels.json").is_file()
+    if not torch.cuda.is_available():
+        assert all(r["triton_us"] is None for r in rows)  # no fake Triton timings on the CPU
