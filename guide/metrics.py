@@ -10,7 +10,6 @@ Cosine similarities are reported raw and centred (the mean embedding of base sam
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
