@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.zoo import atomic_write
+from guide_engine.engine.zoo import atomic_write, write_json
 
 ALL_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 
@@ -103,7 +103,7 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
               "peak_flops": peak, "peak_method": f"best of 5 x 4 fp32 1024x1024 torch.mm on {device}",
               "quick": quick, "sampling": sampling, "skipped": skipped, "unlearning": unlearning}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "bench.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(out / "bench.json", result)
     atomic_write(out / "bench.md", lambda tmp: tmp.write_text(markdown(result)))
     plot(result, out / "bench.png")
     return result

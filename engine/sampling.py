@@ -50,10 +50,14 @@ def load_generator_source(source: str | Path, device: str | None = None):
 
 
 @torch.no_grad()
+def in_batches(fn, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """fn over x in chunks of `batch` rows, concatenated: bounded memory for large N."""
+    return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
 def sample_seeds(generator, seeds: list[int], batch: int = 64) -> torch.Tensor:
     """seeds => (N, 3, H, W) float32 in [-1, 1] on the CPU; an image depends on its seed alone."""
-    w = generator.latents_for_seeds(seeds)
-    return torch.cat([generator.synthesize(w[i:i + batch]).cpu() for i in range(0, len(seeds), batch)])
+    return in_batches(lambda w: generator.synthesize(w).cpu(), generator.latents_for_seeds(seeds), batch)
 
 
 def sample_to_file(source: str, seeds: str, out: Path, backend: str = "torch", device: str | None = None) -> int:

@@ -107,6 +107,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def write_json(path: Path, obj) -> None:
+    """obj => indented JSON at `path`, written atomically."""
+    import json
+
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
 def pip_download(requirement: str, dest: Path) -> Path:
     """`pip download --no-deps` one pinned wheel into dest; => the wheel's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",

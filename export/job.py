@@ -7,7 +7,6 @@ and leaves nothing behind (work happens in OUT.partial/, renamed at the end).
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -18,7 +17,7 @@ import torch
 from guide_engine.engine import __version__
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.engine.sampling import load_generator_source
-from guide_engine.engine.zoo import atomic_write, sha256_file
+from guide_engine.engine.zoo import sha256_file, write_json
 from guide_engine.export.onnx import OPSET, export_onnx
 from guide_engine.export.parity import compare
 from guide_engine.export.runners import OnnxrtRunner, TorchRunner, TrtRunner
@@ -85,7 +84,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
             for f in ("manifest.json", "identity.json", "config.json", "report.json"):
                 if (src_dir / f).is_file():
                     shutil.copy2(src_dir / f, partial / f)
-        atomic_write(partial / "export.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        write_json(partial / "export.json", manifest)
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from guide_engine.engine import __version__, zoo
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import PERCEPTUAL_NAME
-from guide_engine.guide.target import resolve_distance, typical_radius, ufo_target
+from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, latents_around, resolve_distance, typical_radius,
+                                       ufo_target)
 from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
@@ -35,10 +35,6 @@ def state_sha256(module: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    zoo.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *, iters: int = 400, lr: float = 1e-4,
@@ -91,7 +87,7 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                         alpha_max_rel=a_rel, losses=loss_names, seed=run_seed, device=device,
                         checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=PERCEPTUAL_NAME)
     partial.mkdir(parents=True, exist_ok=True)
-    _write_json(partial / "config.json", dataclasses.asdict(cfg))
+    zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
     t1 = time.perf_counter()
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=resume,
                                   progress=progress, stop_after=stop_after)
@@ -103,12 +99,12 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
 
     zoo.atomic_write(partial / "generator.safetensors",
                      lambda tmp: save_file({k: v.contiguous() for k, v in G_u.state_dict().items()}, str(tmp)))
-    _write_json(partial / "identity.json", {
+    zoo.write_json(partial / "identity.json", {
         "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
         "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),
         "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how,
         "target_id_dist": target_id_dist, "identity_distance_name": id_net.distance_name})
-    _write_json(partial / "manifest.json", {
+    zoo.write_json(partial / "manifest.json", {
         "engine_version": __version__, "generator": generator, "identity_network": identity,
         "base_sha256": state_sha256(G_s), "result_sha256": state_sha256(G_u),
         "identity_hash": hashlib.sha256(w_u.cpu().numpy().tobytes()).hexdigest(),
@@ -125,12 +121,10 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
 
 @torch.no_grad()
 def before_after(G_s, G_u, w_u: torch.Tensor, path: Path, r: float, n: int = 4) -> None:
-    """Rows: pretrained, unlearned. Columns: w_u, n neighbours (0.3 r away), n random latents."""
+    """Rows: pretrained, unlearned. Columns: w_u, n neighbours (NEIGHBOR_RADIUS_REL r away), n random latents."""
     from guide_engine.engine.images import save_grid
 
     rng = torch.Generator().manual_seed(12345)
-    dirs = torch.randn(n, *w_u.shape[1:], generator=rng).to(w_u.device)
-    dirs = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (w_u.dim() - 1))
-    w = torch.cat([w_u, w_u + 0.3 * r * dirs, G_s.sample_latents(n, rng)])
+    w = torch.cat([w_u, latents_around(w_u, n, NEIGHBOR_RADIUS_REL * r, rng), G_s.sample_latents(n, rng)])
     images = torch.cat([G_s.synthesize(w), G_u.synthesize(w)])
     save_grid(images, path, nrow=len(w), scale=2, row_labels=["pretrained", "unlearned"])

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from guide_engine.engine import zoo
+from guide_engine.engine.sampling import in_batches
+from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
 PRESERVE_SEED0 = 2_000_000
-NEIGHBOR_RADIUS_REL = 0.3  # neighbours at 0.3 r from w_u (r = median ||w - w_avg||)
 
 
-@torch.no_grad()
-def _descriptors(identity_net, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    return torch.cat([identity_net.descriptors(images[i:i + batch]) for i in range(0, len(images), batch)])
+def _descriptors(identity_net, images: torch.Tensor) -> torch.Tensor:
+    return in_batches(identity_net.descriptors, images)
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def calibrate(generator, identity_net, base_sha: str) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
-    d = _descriptors(identity_net, torch.cat([generator.synthesize(w[i:i + 64]) for i in range(0, len(w), 64)]))
+    d = _descriptors(identity_net, in_batches(generator.synthesize, w))
     half = len(d) // 2
     dist = torch.cdist(d[:half], d[half:]).flatten()
     cos = F.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
@@ -43,7 +43,7 @@ def calibrate(generator, identity_net, base_sha: str) -> dict:
              "network_threshold": identity_net.threshold,
              "strangers_frac_under_network_threshold": (dist < identity_net.threshold).float().mean().item(),
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
-    zoo.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(calib)))
+    zoo.write_json(path, calib)
     return calib
 
 
@@ -77,10 +77,7 @@ def evaluate(G_s, infer, identity_net, w_u: torch.Tensor, calib: dict, r: float,
         id_dist = identity_net.distance(d_pre, d_un).item()
 
         # Neighbours: latents near w_u that the pretrained generator still renders as the same person.
-        rng = torch.Generator().manual_seed(7)
-        dirs = torch.randn(4 * n_neighbors, *w_u.shape[1:], generator=rng)
-        dirs = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (w_u.dim() - 1))
-        w_n = w_u + NEIGHBOR_RADIUS_REL * r * dirs
+        w_n = latents_around(w_u, 4 * n_neighbors, NEIGHBOR_RADIUS_REL * r, torch.Generator().manual_seed(7))
         xn_pre = G_s.synthesize(w_n)
         dn_pre = _descriptors(identity_net, xn_pre)
         same = identity_net.distance(dn_pre, d_pre.expand_as(dn_pre)) < p5
@@ -92,8 +89,7 @@ def evaluate(G_s, infer, identity_net, w_u: torch.Tensor, calib: dict, r: float,
 
         # Preservation over random latents.
         w_r = G_s.latents_for_seeds(range(PRESERVE_SEED0, PRESERVE_SEED0 + n_preserve))
-        xr_pre = torch.cat([G_s.synthesize(w_r[i:i + 64]) for i in range(0, n_preserve, 64)])
-        xr_un = torch.cat([infer(w_r[i:i + 64]) for i in range(0, n_preserve, 64)])
+        xr_pre, xr_un = in_batches(G_s.synthesize, w_r), in_batches(infer, w_r)
         dr_pre, dr_un = _descriptors(identity_net, xr_pre), _descriptors(identity_net, xr_un)
         r_cos, _ = _sims(dr_pre, dr_un, mean_emb)
         r_dist = identity_net.distance(dr_pre, dr_un)

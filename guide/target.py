@@ -32,6 +32,16 @@ def resolve_distance(r: float, d: float | None, d_rel: float | None, default_rel
     return float(d)
 
 
+NEIGHBOR_RADIUS_REL = 0.3  # "other photos" of an identity: latents 0.3 r from w_u (r = median ||w - w_avg||)
+
+
+def latents_around(w_u: torch.Tensor, n: int, radius: float, rng: torch.Generator) -> torch.Tensor:
+    """(1, *S) => (n, *S): w_u plus random directions of length `radius` (norm over the whole latent)."""
+    dirs = torch.randn(n, *w_u.shape[1:], generator=rng).to(w_u.device)
+    dirs = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (w_u.dim() - 1))
+    return w_u + radius * dirs
+
+
 @torch.no_grad()
 def ufo_target(w_u: torch.Tensor, w_avg: torch.Tensor, d: float, kind: str = "extra") -> torch.Tensor:
     """(1, *S), (1, *S) => (1, *S) the target latent w_t."""

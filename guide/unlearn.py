@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -150,7 +149,3 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         p.requires_grad_(False)
     G_u.eval()
     return G_u, history
-
-
-def config_json(cfg: UnlearnConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)

@@ -2,7 +2,6 @@
 Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage errors => 2."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -52,7 +51,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, id_net, targets), "n_identities": len(targets)}
     from guide_engine.engine.images import save_grid
 
-    zoo.atomic_write(run / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    zoo.write_json(run / "report.json", report)
     n = len(images["sims"])
     captions = [f"{s:.2f}" for s in images["sims"]] * 2
     save_grid(torch.cat([images["pre"], images["un"]]), run / "report.png", nrow=n, scale=2,

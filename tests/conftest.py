@@ -29,6 +29,22 @@ def identity():
     return zoo.load_identity("dlib-resnet-v1")
 
 
+@pytest.fixture(scope="session")
+def tiny_run_factory(tmp_path_factory, generator):
+    """seed => a fresh 2-iteration run directory made through the CLI (one per caller: callers write into it)."""
+    from click.testing import CliRunner
+
+    from guide_engine.engine.cli import main
+
+    def make(seed: int):
+        out = tmp_path_factory.mktemp("run") / "run"
+        r = CliRunner().invoke(main, ["unlearn", "--seed", str(seed), "--out", str(out), "--iters", "2"])
+        assert r.exit_code == 0, r.output
+        return out
+
+    return make
+
+
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch):
     """A fresh, empty GUIDE_ENGINE_HOME."""

@@ -15,15 +15,8 @@ from guide_engine.engine.serve import MicroBatcher, ServeConfig, create_app  # n
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, generator):
-    from click.testing import CliRunner
-
-    from guide_engine.engine.cli import main
-
-    out = tmp_path_factory.mktemp("serve") / "run"
-    r = CliRunner().invoke(main, ["unlearn", "--seed", "0", "--out", str(out), "--iters", "2"])
-    assert r.exit_code == 0, r.output
-    return out
+def run_dir(tiny_run_factory):
+    return tiny_run_factory(0)
 
 
 def _mark_verified(run_dir, passed=True):

@@ -54,11 +54,8 @@ def test_frechet_distance():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, generator):
-    out = tmp_path_factory.mktemp("v") / "run"
-    r = CliRunner().invoke(main, ["unlearn", "--seed", "2", "--out", str(out), "--iters", "2"])
-    assert r.exit_code == 0, r.output
-    return out
+def tiny_run(tiny_run_factory):
+    return tiny_run_factory(2)
 
 
 def test_verify_tiny_run_fails_with_exit_1_and_json(tiny_run):
