@@ -94,6 +94,10 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--target", type=click.Choice(["extra", "average"]), default="extra", show_default=True,
               help="UFO extrapolation (GUIDE) or the average latent (baseline).")
+@click.option("--target-search", type=int, default=64, show_default=True,
+              help="Far-side target candidates checked by the identity net; 0 = the UFO formula alone.")
+@click.option("--target-angle", type=float, default=30.0, show_default=True,
+              help="Largest angle (degrees) of a candidate from the UFO direction.")
 @click.option("--target-distance", type=float, default=None, help="d, absolute.")
 @click.option("--target-distance-rel", type=float, default=None, help="d relative to r = median ||w - w_avg|| [1.0].")
 @click.option("--alpha-max-rel", type=float, default=None, help="Adjacency range relative to r [0.5 d / r].")
@@ -106,13 +110,14 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
-def unlearn(image, seed, out, iters, lr, target, target_distance, target_distance_rel, alpha_max_rel, losses,
+def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, target_distance, target_distance_rel, alpha_max_rel, losses,
             generator, identity, device, run_seed, invert_steps, checkpoint_every, reference_loop, resume) -> None:
     """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
     from guide_engine.engine.sampling import default_device
     from guide_engine.guide.job import unlearn_job
 
     run = unlearn_job(Path(out), image=image, seed=seed, iters=iters, lr=lr, target=target,
+                      target_search=target_search, target_angle=target_angle,
                       target_distance=target_distance, target_distance_rel=target_distance_rel,
                       alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity,
                       device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,

@@ -21,12 +21,14 @@ import torch
 from guide_engine.engine import __version__, zoo
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import PERCEPTUAL_NAME
-from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, latents_around, resolve_distance, typical_radius,
-                                       ufo_target)
+from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, latents_around, resolve_distance, search_ufo_target,
+                                       typical_radius, ufo_target)
 from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
 ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as a ratio
+TARGET_SEARCH = 64  # identity-checked UFO: candidates on the far side (0 = the formula alone)
+TARGET_ANGLE_DEG = 30.0  # ... at most this far from the formula's direction
 
 
 def state_sha256(module: torch.nn.Module) -> str:
@@ -38,7 +40,8 @@ def state_sha256(module: torch.nn.Module) -> str:
 
 
 def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *, iters: int = 400, lr: float = 1e-4,
-                target: str = "extra", target_distance: float | None = None, target_distance_rel: float | None = None,
+                target: str = "extra", target_search: int = TARGET_SEARCH, target_angle: float = TARGET_ANGLE_DEG,
+                target_distance: float | None = None, target_distance_rel: float | None = None,
                 alpha_max_rel: float | None = None, losses: str = "local,adj,glob", generator: str = "digiface-dcgan64",
                 identity: str = "dlib-resnet-v1", device: str = "cpu", run_seed: int = 0, invert_steps: int = 300,
                 checkpoint_every: int = 100, reference_loop: bool = False, resume: bool = False,
@@ -48,6 +51,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     loss_names = tuple(s.strip() for s in losses.split(",") if s.strip())
     # Validate everything cheap before any file is written.
     UnlearnConfig(iters=iters, lr=lr, losses=loss_names).validate()
+    if target_search < 0 or not 0 <= target_angle <= 90:
+        raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
     out = Path(out)
     if out.exists() and not resume:
         raise GuideEngineError(f"--out {out} already exists; choose a new directory")
@@ -78,13 +83,18 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     d = resolve_distance(r, target_distance, target_distance_rel, DEFAULT_D_REL)
     a_rel = ALPHA_PER_D * d / r if alpha_max_rel is None else alpha_max_rel
     w_avg = G_s.average_latent()
-    w_t = ufo_target(w_u, w_avg, d, target)
-    with torch.no_grad():  # how far the target itself is from the identity, to the identity network
-        desc = id_net.descriptors(G_s.synthesize(torch.cat([w_u, w_t])))
-        target_id_dist = id_net.distance(desc[:1], desc[1:]).item()
+    if target == "extra":
+        w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, target_search, target_angle,
+                                        torch.Generator().manual_seed(run_seed))
+    else:
+        w_t = ufo_target(w_u, w_avg, d, target)
+        with torch.no_grad():  # how far the target itself is from the identity, to the identity network
+            desc = id_net.descriptors(G_s.synthesize(torch.cat([w_u, w_t])))
+        search = {"target_id_dist": id_net.distance(desc[:1], desc[1:]).item()}
     cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
-                        alpha_max_rel=a_rel, losses=loss_names, seed=run_seed, device=device,
+                        alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,
+                        target_angle=target_angle, losses=loss_names, seed=run_seed, device=device,
                         checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=PERCEPTUAL_NAME)
     partial.mkdir(parents=True, exist_ok=True)
     zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
@@ -103,7 +113,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
         "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
         "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),
         "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how,
-        "target_id_dist": target_id_dist, "identity_distance_name": id_net.distance_name})
+        "target_id_dist": search["target_id_dist"], "target_search": search,
+        "identity_distance_name": id_net.distance_name})
     zoo.write_json(partial / "manifest.json", {
         "engine_version": __version__, "generator": generator, "identity_network": identity,
         "base_sha256": state_sha256(G_s), "result_sha256": state_sha256(G_u),

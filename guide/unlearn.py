@@ -32,6 +32,8 @@ class UnlearnConfig:
     iters: int = 400
     lr: float = 1e-4
     target: str = "extra"  # extra (UFO) | average (baseline)
+    target_search: int = 0  # identity-checked UFO candidates (guide/target.py); 0 = the formula alone
+    target_angle: float = 0.0  # degrees, the candidates' largest angle from the formula's direction
     target_distance: float = 0.0  # absolute d, resolved from the relative one and r
     target_distance_rel: float = 0.0  # d / r
     radius: float = 0.0  # r = median ||w - w_avg||

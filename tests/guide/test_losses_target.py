@@ -6,7 +6,7 @@ import torch
 
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import Terms, feature_distance, guide_loss
-from guide_engine.guide.target import resolve_distance, ufo_target
+from guide_engine.guide.target import resolve_distance, search_ufo_target, ufo_target
 from guide_engine.kernels import identity_distance, latent_adjacency
 
 
@@ -17,6 +17,38 @@ def test_ufo_target_formula():
     torch.testing.assert_close(ufo_target(w_u, w_avg, 10.0, "average"), w_avg)
     with pytest.raises(GuideEngineError):
         ufo_target(w_avg, w_avg, 1.0)
+
+
+class _AxisGenerator:
+    """'Images' are the latents themselves; the toy identity net weighs axis 1 ten times axis 0."""
+    def synthesize(self, w):
+        return w
+
+    def descriptors(self, x):
+        return x * torch.tensor([1.0, 10.0, 1.0])
+
+    def distance(self, a, b):
+        return (a - b).norm(dim=1)
+
+
+def test_identity_checked_target_stays_on_the_far_side_and_moves_away_from_the_person():
+    toy = _AxisGenerator()
+    w_avg, w_u = torch.zeros(1, 3), torch.tensor([[3.0, 0.0, 0.0]])
+    formula = ufo_target(w_u, w_avg, 2.0)
+    w_t, info = search_ufo_target(toy, toy, w_u, w_avg, 2.0, 0, 30.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(w_t, formula)  # n = 0: the formula, untouched
+    assert info["candidates"] == 1 and info["angle_deg"] == 0.0
+
+    w_t, info = search_ufo_target(toy, toy, w_u, w_avg, 2.0, 64, 30.0, torch.Generator().manual_seed(0))
+    assert (w_t - w_avg).norm().item() == pytest.approx(2.0, rel=1e-5)  # still at distance d
+    cos = torch.nn.functional.cosine_similarity(w_t - w_avg, formula - w_avg).item()
+    assert cos >= math.cos(math.radians(30.0)) - 1e-6  # within the cone around the UFO direction
+    assert info["angle_deg"] == pytest.approx(math.degrees(math.acos(min(1.0, cos))), abs=1e-2)
+    # the toy net cares about axis 1: the chosen target leans along it and is farther than the formula's
+    assert info["target_id_dist"] > info["formula_target_id_dist"] + 1.0
+    assert info["target_id_dist"] == pytest.approx(toy.distance(toy.descriptors(w_u), toy.descriptors(w_t)).item())
+    again, _ = search_ufo_target(toy, toy, w_u, w_avg, 2.0, 64, 30.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, w_t)
 
 
 def test_distance_absolute_or_relative():

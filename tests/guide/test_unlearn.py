@@ -74,6 +74,10 @@ def test_cli_tiny_run(tmp_path, generator):
     ident = json.loads((out / "identity.json").read_text())
     assert cfg["target_distance"] == pytest.approx(cfg["target_distance_rel"] * cfg["radius"])
     assert ident["latent"] == {"source": "seed", "seed": 3}
+    search = ident["target_search"]  # identity-checked UFO: the chosen target is the farthest candidate
+    assert search["candidates"] == cfg["target_search"] + 1 == 65
+    assert search["target_id_dist"] >= search["formula_target_id_dist"]
+    assert ident["norm_w_t"] == pytest.approx(cfg["target_distance"], rel=1e-4)
     man = json.loads((out / "manifest.json").read_text())
     assert man["base_sha256"] != man["result_sha256"]
     assert not (tmp_path / "run.partial").exists()
@@ -101,6 +105,7 @@ def test_cli_from_image(tmp_path, generator):
     (["--seed", "1", "--iters", "0"], "--iters"),
     (["--seed", "1", "--generator", "stylegan-nope"], "known generators"),
     (["--seed", "1", "--losses", "local,bogus"], "--losses"),
+    (["--seed", "1", "--target-angle", "120"], "--target-angle"),
     ([], "exactly one"),
 ])
 def test_bad_inputs(tmp_path, monkeypatch, args, msg):
