@@ -68,6 +68,19 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
             click.echo(f"{name}: {zoo.dlib_safetensors_path()} (PyTorch port)")
 
 
+def nvlabs_options(f):
+    """--trust-pickle and --nvlabs-code, for every command that may load an `nvlabs:PATH.pkl` generator."""
+    def remember(ctx, param, value):
+        from guide_engine.engine import nvlabs
+
+        nvlabs.configure(**{param.name: value})
+
+    f = click.option("--nvlabs-code", type=str, default=None, expose_value=False, callback=remember,
+                     help="Folder with NVlabs' dnnlib/, torch_utils/, training/ (for nvlabs:PATH.pkl generators).")(f)
+    return click.option("--trust-pickle", is_flag=True, expose_value=False, callback=remember,
+                        help="Allow loading an NVlabs pickle (unpickling runs code from the file).")(f)
+
+
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="Draw images from a generator, one per seed.")
 @click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
@@ -77,6 +90,7 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
               help="grid.png for a picture, x.npy for the raw float32 array (N, 3, H, W) in [-1, 1].")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+@nvlabs_options
 def sample(source: str, seeds: str, out: str, backend: str, device: str | None) -> None:
     """Draw images from a generator, one per seed (an image depends on its seed, not its batch)."""
     from guide_engine.engine.sampling import sample_to_file
@@ -103,7 +117,10 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--alpha-max-rel", type=float, default=None, help="Adjacency range relative to r [0.5 d / r].")
 @click.option("--losses", default="local,adj,glob", show_default=True, help="Baseline: --target average --losses local.")
 @click.option("--generator", default="digiface-dcgan64", show_default=True)
-@click.option("--identity", default="dlib-resnet-v1", show_default=True)
+@click.option("--identity", default="dlib-resnet-v1", show_default=True, help="Or arcface-ir-se50:PATH.pth.")
+@click.option("--lpips-vgg", type=str, default=None,
+              help="torchvision VGG16 weights: use LPIPS-VGG as the perceptual loss (needs the lpips package).")
+@nvlabs_options
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
 @click.option("--run-seed", type=int, default=0, show_default=True, help="Seed of the loop's random latents.")
 @click.option("--invert-steps", type=int, default=300, show_default=True)
@@ -111,7 +128,7 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
 def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, target_distance, target_distance_rel, alpha_max_rel, losses,
-            generator, identity, device, run_seed, invert_steps, checkpoint_every, reference_loop, resume) -> None:
+            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, resume) -> None:
     """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
     from guide_engine.engine.sampling import default_device
     from guide_engine.guide.job import unlearn_job
@@ -119,7 +136,7 @@ def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, ta
     run = unlearn_job(Path(out), image=image, seed=seed, iters=iters, lr=lr, target=target,
                       target_search=target_search, target_angle=target_angle,
                       target_distance=target_distance, target_distance_rel=target_distance_rel,
-                      alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity,
+                      alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
                       device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,
                       checkpoint_every=checkpoint_every, reference_loop=reference_loop, resume=resume)
     click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
@@ -135,6 +152,7 @@ def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, ta
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export directory [SOURCE/export].")
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
               help="Also write an NVIDIA Triton Inference Server model repository here.")
+@nvlabs_options
 def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
     from guide_engine.export.job import export_job
@@ -162,6 +180,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@nvlabs_options
 def verify(run_dir, backend, n_preserve, compare, no_reinversion, as_json) -> None:
     """Prove the identity is gone and the rest kept; exit 0 only if both hold (1 if not)."""
     import json
@@ -206,6 +225,7 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Per-request timeout, seconds.")
 @click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed.")
 @click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
+@nvlabs_options
 def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, timeout, allow_unverified, guard) -> None:
     """HTTP service for an unlearned generator (run or export directory)."""
     from guide_engine.engine.serve import ServeConfig, serve as run_server

@@ -20,7 +20,6 @@ class DCGANGenerator(nn.Module):
 
     latent_shape = (Z_DIM,)
     resolution = 64
-    representation_is_image = True  # the MSE term compares images; the loop reuses them
 
     def __init__(self, name: str = "digiface-dcgan64", nz: int = Z_DIM, ngf: int = NGF, nc: int = 3):
         super().__init__()
@@ -54,11 +53,15 @@ class DCGANGenerator(nn.Module):
     def average_latent(self) -> torch.Tensor:
         return torch.zeros(1, *self.latent_shape, device=self.device)
 
-    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
+    def synthesize(self, w: torch.Tensor, view=None) -> torch.Tensor:
         return self.main(w.reshape(w.shape[0], -1, 1, 1))
 
-    def representation(self, w: torch.Tensor) -> torch.Tensor:
-        return self.synthesize(w)
+    def synthesize_with_representation(self, w: torch.Tensor, view=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.synthesize(w)
+        return x, x  # a 2D generator: the MSE term compares the images themselves
+
+    def sample_view(self, generator: torch.Generator) -> None:
+        return None  # no camera
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self.synthesize(w)

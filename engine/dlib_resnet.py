@@ -149,6 +149,7 @@ class DlibIdentity(nn.Module):
     dim = 128
     threshold = DLIB_THRESHOLD
     distance_name = "euclidean distance of raw dlib descriptors"
+    feature_name = "dlib"
 
     def __init__(self, net: DlibResNet, name: str = "dlib-resnet-v1"):
         super().__init__()

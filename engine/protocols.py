@@ -26,11 +26,15 @@ class Generator(Protocol):
     def average_latent(self) -> torch.Tensor:
         """=> (1, *latent_shape): w_avg, the latent of the 'average face'."""
 
-    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        """(N, *latent_shape) => (N, 3, H, W) float32 RGB in [-1, 1]; differentiable."""
+    def synthesize(self, w: torch.Tensor, view=None) -> torch.Tensor:
+        """(N, *latent_shape) => (N, 3, H, W) float32 RGB in [-1, 1]; differentiable.
+        `view`: a camera from `sample_view` (3D-aware generators; None = their front view)."""
 
-    def representation(self, w: torch.Tensor) -> torch.Tensor:
-        """(N, *latent_shape) => what the MSE term compares (EG3D: tri-planes; 2D generators: the image)."""
+    def synthesize_with_representation(self, w: torch.Tensor, view=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """=> (images, what the MSE term compares) from one forward pass (EG3D: tri-planes; 2D: the image)."""
+
+    def sample_view(self, generator: torch.Generator):
+        """One camera for an unlearning iteration (EG3D); None for generators without a camera."""
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """The parameters unlearning fine-tunes (GUIDE-SPEC section 3)."""
@@ -45,7 +49,8 @@ class IdentityNetwork(Protocol):
 
     name: str
     dim: int  # embedding size D
-    threshold: float  # the network's own same-person threshold on `distance` (dlib: 0.6)
+    threshold: float | None  # the network's own same-person threshold on `distance` (dlib: 0.6), if it has one
+    feature_name: str  # short name of its features, for the LPIPS-style perceptual distance ("dlib")
     distance_name: str  # what `distance` measures, e.g. "euclidean (raw descriptors)"
 
     def descriptors(self, images: torch.Tensor) -> torch.Tensor:

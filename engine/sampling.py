@@ -43,7 +43,7 @@ def load_generator_source(source: str | Path, device: str | None = None):
         except Exception as e:
             raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
         return g.to(default_device(device))
-    if str(source) in zoo.REGISTRY:
+    if str(source) in zoo.REGISTRY or str(source).startswith("nvlabs:"):
         return zoo.load_generator(str(source), device=default_device(device))
     raise GuideEngineError(f"--generator {source}: neither a directory nor a known model "
                            f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")

@@ -146,17 +146,20 @@ def _make_guard(source: Path, base, report):
     ident = source / "identity.json"
     if not ident.is_file():
         raise GuideEngineError(f"--guard needs {ident} (the unlearned identity)")
-    id_net = zoo.load_identity()
-    w_u = torch.tensor(json.loads(ident.read_text())["w_u"], dtype=torch.float32)[None]
+    config = source / "config.json"
+    id_net = zoo.load_identity(json.loads(config.read_text())["identity"] if config.is_file() else "dlib-resnet-v1")
+    w_u = torch.tensor(json.loads(ident.read_text())["w_u"], dtype=torch.float32).view(1, *base.latent_shape)
     with torch.no_grad():
         ref = id_net.descriptors(zoo.load_generator(base.name).synthesize(w_u))
     # same person: the calibrated strangers' 5th percentile when verified, else the network's own threshold
     thr = (report or {}).get("thresholds", {}).get("kept_if_dist_below", id_net.threshold)
+    if thr is None:
+        raise GuideEngineError(f"--guard: {id_net.name} has no fixed threshold; run `guide-engine verify {source}` first")
 
     def guard(images: torch.Tensor) -> list[bool]:
         with torch.no_grad():
             d = id_net.descriptors(images)
-        return (torch.cdist(d, ref).min(dim=1).values < thr).tolist()
+        return (id_net.distance(d, ref.expand_as(d)) < thr).tolist()
 
     return guard
 

@@ -188,13 +188,18 @@ def require(name: str) -> Path:
 # Loading: short name (or a path to a checkpoint of the same architecture) => module.
 
 def load_generator(name: str = "digiface-dcgan64", device: str | None = None):
+    """A registry name, or `nvlabs:PATH.pkl` (StyleGAN2/3, EG3D; needs --trust-pickle and --nvlabs-code)."""
+    from guide_engine.engine import nvlabs
     from guide_engine.engine.dcgan import DCGANGenerator
 
     if name == "digiface-dcgan64":
         g = DCGANGenerator.from_checkpoint(str(require(name)), name=name)
+    elif name.startswith(nvlabs.PREFIX):
+        g = nvlabs.load_generator(name)
     else:
         raise GuideEngineError(f"unknown generator {name!r}; known generators: "
-                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'generator')}")
+                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'generator')}, "
+                               f"or {nvlabs.PREFIX}PATH.pkl")
     return g.to(device or "cpu")
 
 
@@ -203,14 +208,19 @@ def dlib_safetensors_path() -> Path:
 
 
 def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
-    """dlib's .dat is parsed once and converted to safetensors beside it; later loads read that."""
+    """A registry name, or `arcface-ir-se50:PATH.pth`. dlib's .dat is parsed once and converted to
+    safetensors beside it; later loads read that."""
     from safetensors.torch import load_file, save_file
 
+    from guide_engine.engine import arcface
     from guide_engine.engine.dlib_resnet import DlibIdentity, DlibResNet
 
+    if name.startswith(arcface.PREFIX):
+        return arcface.load_arcface(name).to(device or "cpu")
     if name != "dlib-resnet-v1":
         raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: "
-                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}")
+                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}, "
+                               f"or {arcface.PREFIX}PATH.pth")
     dat = require(name)
     st = dlib_safetensors_path()
     net = DlibResNet()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine import __version__, zoo
+from guide_engine.engine import __version__, nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.guide.losses import PERCEPTUAL_NAME
+from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, latents_around, resolve_distance, search_ufo_target,
                                        typical_radius, ufo_target)
 from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
@@ -43,7 +43,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                 target: str = "extra", target_search: int = TARGET_SEARCH, target_angle: float = TARGET_ANGLE_DEG,
                 target_distance: float | None = None, target_distance_rel: float | None = None,
                 alpha_max_rel: float | None = None, losses: str = "local,adj,glob", generator: str = "digiface-dcgan64",
-                identity: str = "dlib-resnet-v1", device: str = "cpu", run_seed: int = 0, invert_steps: int = 300,
+                identity: str = "dlib-resnet-v1", lpips_vgg: str | None = None, device: str = "cpu",
+                run_seed: int = 0, invert_steps: int = 300,
                 checkpoint_every: int = 100, reference_loop: bool = False, resume: bool = False,
                 progress: bool = True, stop_after: int | None = None) -> Path:
     if (image is None) == (seed is None):
@@ -61,6 +62,12 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
         raise GuideEngineError(f"--resume: no interrupted run at {partial}")
     G_s = zoo.load_generator(generator, device=device)
     id_net = zoo.load_identity(identity, device=device)
+    perceptual, perceptual_name = None, feature_perceptual_name(id_net)
+    if lpips_vgg is not None:
+        from guide_engine.engine.lpips_vgg import LPIPSVGG
+
+        perceptual = LPIPSVGG(lpips_vgg).to(device)
+        perceptual_name = f"lpips-vgg (LPIPS v0.1 on VGG16 weights {perceptual.path})"
     photo = None
     if image is not None:
         from guide_engine.engine.images import load_image
@@ -95,12 +102,12 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
                         alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,
                         target_angle=target_angle, losses=loss_names, seed=run_seed, device=device,
-                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=PERCEPTUAL_NAME)
+                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=perceptual_name)
     partial.mkdir(parents=True, exist_ok=True)
     zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
     t1 = time.perf_counter()
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=resume,
-                                  progress=progress, stop_after=stop_after)
+                                  progress=progress, stop_after=stop_after, perceptual=perceptual)
     t_unlearn = time.perf_counter() - t1
     if stop_after is not None and stop_after < iters:
         return partial  # interrupted on purpose (tests): resumable
@@ -109,6 +116,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
 
     zoo.atomic_write(partial / "generator.safetensors",
                      lambda tmp: save_file({k: v.contiguous() for k, v in G_u.state_dict().items()}, str(tmp)))
+    if generator.startswith(nvlabs.PREFIX):  # also in the user's own format, for their NVlabs tools
+        nvlabs.save_pickle(G_u, partial / "generator.pkl")
     zoo.write_json(partial / "identity.json", {
         "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
         "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),

@@ -19,7 +19,11 @@ import torch
 from guide_engine.kernels import identity_distance
 
 W_MSE, W_P, W_ID = 0.01, 1.0, 0.1
-PERCEPTUAL_NAME = "dlib-lpips (LPIPS-style distance on dlib ResNet features)"
+
+
+def feature_perceptual_name(identity_net) -> str:
+    """How config.json names the default perceptual distance, e.g. "dlib-lpips (...)"."""
+    return f"{identity_net.feature_name}-lpips (LPIPS-style distance on {identity_net.feature_name} ResNet features)"
 
 
 def feature_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
@@ -45,13 +49,22 @@ class Terms:
         return W_MSE * self.mse + W_P * self.perceptual + W_ID * self.identity
 
 
-def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto") -> Terms:
-    """Images (N, 3, H, W) from G_u (with grad) and G_s (constant), and their representations => Terms."""
-    feats_u, desc_u = identity_net.features(x_u)
-    with torch.no_grad():
-        feats_t, desc_t = identity_net.features(x_t)
+def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", perceptual=None) -> Terms:
+    """Images (N, 3, H, W) from G_u (with grad) and G_s (constant), and their representations => Terms.
+    perceptual: None = LPIPS-style on the identity net's features (one shared forward pass), or a
+    module (x_u, x_t) => (N,) such as LPIPS-VGG."""
     mse = (rep_u - rep_t).pow(2).flatten(1).mean(dim=1)
-    return Terms(mse, feature_distance(feats_u, feats_t), identity_distance(desc_u, desc_t, reduction="none", impl=impl))
+    if perceptual is None:
+        feats_u, desc_u = identity_net.features(x_u)
+        with torch.no_grad():
+            feats_t, desc_t = identity_net.features(x_t)
+        p = feature_distance(feats_u, feats_t)
+    else:
+        desc_u = identity_net.descriptors(x_u)
+        with torch.no_grad():
+            desc_t = identity_net.descriptors(x_t)
+        p = perceptual(x_u, x_t.detach())
+    return Terms(mse, p, identity_distance(desc_u, desc_t, reduction="none", impl=impl))
 
 
 def guide_loss(terms: Terms, n_pairs: int, losses: tuple[str, ...]) -> dict[str, torch.Tensor]:

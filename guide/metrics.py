@@ -10,6 +10,7 @@ Cosine similarities are reported raw and centred (the mean embedding of base sam
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ def _descriptors(identity_net, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def calibrate(generator, identity_net, base_sha: str) -> dict:
     """Strangers' distance distribution, cached in $GUIDE_ENGINE_HOME/calibration/."""
-    path = zoo.cache_home() / "calibration" / f"{generator.name}__{identity_net.name}__{base_sha[:16]}.json"
+    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{generator.name}__{identity_net.name}")[-120:]  # names may be paths
+    path = zoo.cache_home() / "calibration" / f"{names}__{base_sha[:16]}.json"
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
@@ -41,7 +43,8 @@ def calibrate(generator, identity_net, base_sha: str) -> dict:
              "strangers_dist_median": dist.median().item(), "strangers_dist_p5": dist.quantile(0.05).item(),
              "strangers_cos_mean": cos.mean().item(),
              "network_threshold": identity_net.threshold,
-             "strangers_frac_under_network_threshold": (dist < identity_net.threshold).float().mean().item(),
+             "strangers_frac_under_network_threshold":
+                 None if identity_net.threshold is None else (dist < identity_net.threshold).float().mean().item(),
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
     zoo.write_json(path, calib)
     return calib

@@ -60,40 +60,33 @@ class UnlearnConfig:
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int):
-    """=> (latents for G_u (1 + n_adj + n_glob, *S), latents for G_s (same)). Constants."""
+    """=> (latents for G_u (1 + n_adj + n_glob, *S), latents for G_s (same), camera or None). Constants.
+    3D-aware generators render all pairs of an iteration from one sampled camera (GUIDE-SPEC section 3)."""
     rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
     w_r = G_s.sample_latents(cfg.n_adj + cfg.n_glob, rng)
     alpha = (torch.rand(cfg.n_adj, generator=rng) * cfg.alpha_max).to(w_u.device)
     src_adj, tgt_adj = latent_adjacency(w_u, w_t, w_r[:cfg.n_adj], alpha, impl=cfg.kernels)
     w_glob = w_r[cfg.n_adj:]
-    return torch.cat([w_u, src_adj, w_glob]), torch.cat([w_t, tgt_adj, w_glob])
+    view = G_s.sample_view(rng)
+    return torch.cat([w_u, src_adj, w_glob]), torch.cat([w_t, tgt_adj, w_glob]), view
 
 
-def _rep(G, w, x):
-    """What the MSE term compares: the image itself for 2D generators (no second call), else G's own."""
-    if getattr(G, "representation_is_image", False):
-        return x
-    with torch.set_grad_enabled(x.requires_grad):
-        return G.representation(w)
-
-
-def step_batched(G_u, G_s, identity_net, lat_u, lat_t, cfg: UnlearnConfig) -> dict[str, torch.Tensor]:
-    x_u = G_u.synthesize(lat_u)  # one call per side
+def step_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+    x_u, rep_u = G_u.synthesize_with_representation(lat_u, view)  # one call per side
     with torch.no_grad():
-        x_t = G_s.synthesize(lat_t)
-    terms = pair_terms(identity_net, _rep(G_u, lat_u, x_u), _rep(G_s, lat_t, x_t), x_u, x_t, impl=cfg.kernels)
+        x_t, rep_t = G_s.synthesize_with_representation(lat_t, view)
+    terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual)
     return guide_loss(terms, 1 + cfg.n_adj, cfg.losses)
 
 
-def step_reference(G_u, G_s, identity_net, lat_u, lat_t, cfg: UnlearnConfig) -> dict[str, torch.Tensor]:
+def step_reference(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
     """The official code's structure: one generator call and one loss evaluation per latent."""
     per = []
     for i in range(lat_u.shape[0]):
-        x_u = G_u.synthesize(lat_u[i:i + 1])
+        x_u, rep_u = G_u.synthesize_with_representation(lat_u[i:i + 1], view)
         with torch.no_grad():
-            x_t = G_s.synthesize(lat_t[i:i + 1])
-        per.append(pair_terms(identity_net, _rep(G_u, lat_u[i:i + 1], x_u), _rep(G_s, lat_t[i:i + 1], x_t),
-                              x_u, x_t, impl=cfg.kernels))
+            x_t, rep_t = G_s.synthesize_with_representation(lat_t[i:i + 1], view)
+        per.append(pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual))
     terms = Terms(*(torch.cat([getattr(t, f.name) for t in per]) for f in dataclasses.fields(Terms)))
     return guide_loss(terms, 1 + cfg.n_adj, cfg.losses)
 
@@ -106,9 +99,10 @@ def _save_checkpoint(path: Path, G_u, opt, it: int) -> None:
 
 def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg: UnlearnConfig,
                    checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
-                   stop_after: int | None = None):
+                   stop_after: int | None = None, perceptual=None):
     """=> (G_u, history). G_s stays frozen; a copy of it is fine-tuned. With `checkpoint`, the state is
-    saved every cfg.checkpoint_every iterations; `resume` continues from it."""
+    saved every cfg.checkpoint_every iterations; `resume` continues from it. `perceptual`: a module
+    (x_a, x_b) => (N,) such as LPIPS-VGG; None = the LPIPS-style distance on identity features."""
     cfg.validate()
     G_s.eval()
     for p in G_s.parameters():
@@ -132,8 +126,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
     for it in range(start, end):
         t_it = time.perf_counter()
-        lat_u, lat_t = iteration_latents(G_s, w_u, w_t, cfg, it)
-        losses = step(G_u, G_s, identity_net, lat_u, lat_t, cfg)
+        lat_u, lat_t, view = iteration_latents(G_s, w_u, w_t, cfg, it)
+        losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()

@@ -14,11 +14,12 @@ from guide_engine.guide.job import state_sha256
 from guide_engine.guide.target import typical_radius
 
 
-def _identity_latent(run: Path, key: str = "w_u") -> torch.Tensor:
+def _identity_latent(run: Path, shape: tuple[int, ...], key: str = "w_u") -> torch.Tensor:
+    """identity.json stores latents flattened => (1, *shape)."""
     ident = run / "identity.json"
     if not ident.is_file():
         raise GuideEngineError(f"{run}: no identity.json; give a directory made by `guide-engine unlearn` or `export`")
-    return torch.tensor(read_json(ident)[key], dtype=torch.float32)[None]
+    return torch.tensor(read_json(ident)[key], dtype=torch.float32).view(1, *shape)
 
 
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
@@ -41,13 +42,13 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     G_s = zoo.load_generator(base_name)
     id_net = zoo.load_identity(read_json(run / "manifest.json").get("identity_network", "dlib-resnet-v1")
                                if (run / "manifest.json").is_file() else "dlib-resnet-v1")
-    w_u = _identity_latent(run)
+    w_u = _identity_latent(run, G_s.latent_shape)
     calib = metrics.calibrate(G_s, id_net, state_sha256(G_s))
     attack = metrics.reinversion_attack(G_s, G_u, id_net) if reinversion and G_u is not None else None
     report, images = metrics.evaluate(G_s, infer, id_net, w_u, calib, typical_radius(G_s), n_preserve, reinversion=attack)
     report["backend"] = backend
     if compare:
-        targets = [_identity_latent(run, "w_t")] + [_identity_latent(Path(c), "w_t") for c in compare]
+        targets = [_identity_latent(Path(r), G_s.latent_shape, "w_t") for r in (run, *compare)]
         report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, id_net, targets), "n_identities": len(targets)}
     from guide_engine.engine.images import save_grid
 

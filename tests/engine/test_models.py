@@ -31,6 +31,8 @@ def test_gradients_flow_from_identity_to_generator(generator, identity):
     import copy
 
     g = copy.deepcopy(generator)
+    for p in g.trainable_parameters():  # the session fixture may have been frozen by an unlearning run
+        p.requires_grad_(True)
     w = g.latents_for_seeds([0, 1])
     target = identity.embed(generator.synthesize(g.latents_for_seeds([2, 3]))).detach()
     loss = (1 - (identity.embed(g.synthesize(w)) * target).sum(1)).mean()

@@ -47,14 +47,15 @@ def test_batched_equals_reference_loop(generator, identity):
 
     w_u, w_t = _setup(generator)
     cfg = _cfg()
-    lat_u, lat_t = iteration_latents(generator, w_u, w_t, cfg, it=0)
+    lat_u, lat_t, view = iteration_latents(generator, w_u, w_t, cfg, it=0)
+    assert view is None  # no camera
     assert lat_u.shape == (5, 100)
     grads, totals = [], []
     for step in (step_batched, step_reference):
         g = copy.deepcopy(generator)
         for p in g.trainable_parameters():
             p.requires_grad_(True)
-        losses = step(g, generator, identity, lat_u, lat_t, cfg)
+        losses = step(g, generator, identity, lat_u, lat_t, view, cfg)
         losses["total"].backward()
         totals.append(losses["total"].item())
         grads.append([p.grad for p in g.trainable_parameters()])
