@@ -116,15 +116,10 @@ class ArcFaceIdentity(nn.Module):
 
 def load_arcface(name: str) -> ArcFaceIdentity:
     """`arcface-ir-se50:PATH` => the network with the state dict at PATH (official key names)."""
+    from guide_engine.engine.zoo import read_state_dict
+
     path = Path(name[len(PREFIX):])
-    if not path.is_file():
-        raise GuideEngineError(f"{path}: no such file (ArcFace IR-SE50 weights, model_ir_se50.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GuideEngineError(f"{path}: not a readable PyTorch state dict ({type(e).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = read_state_dict(path, "ArcFace IR-SE50 weights, model_ir_se50.pth")
     net = IRSE50()
     try:
         net.load_state_dict({k.removeprefix("module.").removeprefix("facenet."): v for k, v in state.items()})

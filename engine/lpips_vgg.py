@@ -25,13 +25,10 @@ class LPIPSVGG(nn.Module):
             import lpips
         except ImportError:
             raise GuideEngineError("--lpips-vgg needs the `lpips` package: pip install lpips") from None
+        from guide_engine.engine.zoo import read_state_dict
+
         path = Path(vgg16_weights)
-        if not path.is_file():
-            raise GuideEngineError(f"--lpips-vgg {path}: no such file (torchvision's vgg16 ImageNet weights)")
-        try:
-            vgg = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise GuideEngineError(f"--lpips-vgg {path}: not a readable state dict ({type(e).__name__})") from None
+        vgg = read_state_dict(path, "--lpips-vgg: torchvision's VGG16 ImageNet weights")
         self.path = str(path)
         self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
         # lpips' VGG slices keep torchvision's `features` indices as module names: slice2.4 = features.4

@@ -216,6 +216,10 @@ class EG3DGenerator(NVlabsGenerator):
         yaw = (torch.rand(1, generator=generator).item() * 2 - 1) * YAW_RANGE
         return self._view(yaw).to(self.device)
 
+    def eval_views(self, n: int = 11) -> list[torch.Tensor]:
+        """The cameras `verify` averages the identity over: n yaws evenly in +-pi/12 (the official evaluation)."""
+        return [self._view(y).to(self.device) for y in torch.linspace(-YAW_RANGE, YAW_RANGE, n).tolist()]
+
     def synthesize_with_representation(self, w: torch.Tensor, view=None) -> tuple[torch.Tensor, torch.Tensor]:
         c = (self.c_front if view is None else view).expand(len(w), -1)
         # cache_backbone keeps the tri-planes of this very call: no second backbone pass for the MSE term

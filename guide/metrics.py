@@ -68,16 +68,25 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def evaluate(G_s, infer, identity_net, w_u: torch.Tensor, calib: dict, r: float, n_preserve: int = 256,
-             n_neighbors: int = 16, reinversion=None) -> tuple[dict, dict]:
+             n_neighbors: int = 16, reinversion=None, views: list | None = None, infer_view=None) -> tuple[dict, dict]:
     """G_s: the pretrained generator; infer: latents => images of the unlearned artifact (any backend).
+    views, infer_view: 3D-aware generators (EG3D) judge the identity at w_u as the mean over these
+    cameras (GUIDE-SPEC section 4: 11 yaw views), rendered by infer_view(w, view).
     => (report dict, images for the picture)."""
     med, p5 = calib["strangers_dist_median"], calib["strangers_dist_p5"]
     mean_emb = torch.tensor(calib["mean_embedding"])
     with torch.no_grad():
-        x_pre, x_un = G_s.synthesize(w_u), infer(w_u)
+        if views:
+            x_pre = torch.cat([G_s.synthesize(w_u, v) for v in views])
+            x_un = torch.cat([infer_view(w_u, v) for v in views])
+        else:
+            x_pre, x_un = G_s.synthesize(w_u), infer(w_u)
         d_pre, d_un = _descriptors(identity_net, x_pre), _descriptors(identity_net, x_un)
-        cos, cos_c = _sims(d_pre, d_un, mean_emb)
-        id_dist = identity_net.distance(d_pre, d_un).item()
+        cos, cos_c = (s.mean() for s in _sims(d_pre, d_un, mean_emb))
+        id_dist = identity_net.distance(d_pre, d_un).mean().item()
+        if views:  # the rest of the report (neighbours, picture, re-inversion) uses the front view
+            front = len(views) // 2
+            x_pre, x_un, d_pre = x_pre[front:front + 1], x_un[front:front + 1], d_pre[front:front + 1]
 
         # Neighbours: latents near w_u that the pretrained generator still renders as the same person.
         w_n = latents_around(w_u, 4 * n_neighbors, NEIGHBOR_RADIUS_REL * r, torch.Generator().manual_seed(7))
@@ -103,6 +112,7 @@ def evaluate(G_s, infer, identity_net, w_u: torch.Tensor, calib: dict, r: float,
         "identity_network": identity_net.name,
         "calibration": {k: v for k, v in calib.items() if k != "mean_embedding"},
         "identity": {"id_sim": cos.item(), "id_sim_centred": cos_c.item(), "id_dist": id_dist, "forgotten": forgotten,
+                     "id_views": len(views) if views else 1,
                      "neighbors_id_sim": n_cos.mean().item() if len(w_n) else None,
                      "neighbors_forgotten_frac": (n_dist >= med).float().mean().item() if len(w_n) else None,
                      "neighbors_k": len(w_n), "neighbors_radius": NEIGHBOR_RADIUS_REL * r},

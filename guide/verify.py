@@ -45,7 +45,9 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     w_u = _identity_latent(run, G_s.latent_shape)
     calib = metrics.calibrate(G_s, id_net, state_sha256(G_s))
     attack = metrics.reinversion_attack(G_s, G_u, id_net) if reinversion and G_u is not None else None
-    report, images = metrics.evaluate(G_s, infer, id_net, w_u, calib, typical_radius(G_s), n_preserve, reinversion=attack)
+    views = G_s.eval_views() if backend == "torch" and hasattr(G_s, "eval_views") else None
+    report, images = metrics.evaluate(G_s, infer, id_net, w_u, calib, typical_radius(G_s), n_preserve, reinversion=attack,
+                                      views=views, infer_view=G_u.synthesize if views else None)
     report["backend"] = backend
     if compare:
         targets = [_identity_latent(Path(r), G_s.latent_shape, "w_t") for r in (run, *compare)]

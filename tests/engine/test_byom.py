@@ -143,6 +143,7 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     assert r.exit_code in (0, 1), r.output
     report = json.loads((run / "report.json").read_text())
     assert report["preservation"]["n"] == 16 and 0 <= report["preservation"]["same_person_frac"] <= 1
+    assert report["identity"]["id_views"] == 11  # EG3D: the identity is judged over 11 yaw views
     r = CliRunner().invoke(main, ["verify", str(run), "--no-reinversion"])  # without trust: refused, one line
     assert r.exit_code == 2 and "--trust-pickle" in r.output
 
@@ -185,3 +186,41 @@ def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
     for f, msg in (("missing.pth", "no such file"), ("bad.pth", "not a readable"), ("other.pth", "not IR-SE50")):
         with pytest.raises(GuideEngineError, match=msg):
             zoo.load_identity(f"arcface-ir-se50:{tmp_path / f}")
+
+
+def _has_lpips() -> bool:
+    try:
+        import lpips  # noqa: F401
+        import torchvision  # noqa: F401
+        return True
+    except Exception:  # not installed, or torchvision built for another torch
+        return False
+
+
+@pytest.mark.skipif(_has_lpips(), reason="lpips is installed: the refusal does not apply")
+def test_lpips_without_the_package_is_a_one_line_error(tmp_path):
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--iters", "1", "--out", str(tmp_path / "run"),
+                                  "--lpips-vgg", str(tmp_path / "vgg16.pth")])
+    assert r.exit_code == 2 and "pip install lpips" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.skipif(not _has_lpips(), reason="needs the lpips package and a torchvision that imports beside torch")
+def test_lpips_vgg_reads_backbone_weights_from_the_path(tmp_path):
+    import torchvision
+
+    from guide_engine.engine.lpips_vgg import LPIPSVGG
+
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
+    vgg = torch.load(tmp_path / "vgg16.pth")
+    net = LPIPSVGG(tmp_path / "vgg16.pth")
+    torch.testing.assert_close(net.lpips.net.slice2[5].weight, vgg["features.5.weight"])
+    torch.testing.assert_close(net.lpips.net.slice5[28].weight, vgg["features.28.weight"])
+    x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    d = net(x, y)
+    assert d.shape == (2,) and (d > 0).all() and net(x, x).abs().max() < 1e-6
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--iters", "2", "--target-search", "2", "--out", str(run),
+                                  "--lpips-vgg", str(tmp_path / "vgg16.pth")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["perceptual"].startswith("lpips-vgg")
