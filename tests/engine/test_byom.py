@@ -214,8 +214,8 @@ def test_lpips_vgg_reads_backbone_weights_from_the_path(tmp_path):
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
     vgg = torch.load(tmp_path / "vgg16.pth")
     net = LPIPSVGG(tmp_path / "vgg16.pth")
-    torch.testing.assert_close(net.lpips.net.slice2[5].weight, vgg["features.5.weight"])
-    torch.testing.assert_close(net.lpips.net.slice5[28].weight, vgg["features.28.weight"])
+    torch.testing.assert_close(net.lpips.net.slice2.get_submodule("5").weight, vgg["features.5.weight"])
+    torch.testing.assert_close(net.lpips.net.slice5.get_submodule("28").weight, vgg["features.28.weight"])
     x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     d = net(x, y)
     assert d.shape == (2,) and (d > 0).all() and net(x, x).abs().max() < 1e-6
