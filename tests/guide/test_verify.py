@@ -20,6 +20,25 @@ def test_calibration_is_sane(calib):
     assert calib["pairs"] == 200 * 200 and calib["network_threshold"] == 0.6
 
 
+def test_calibration_uses_the_networks_own_distance(generator, identity, tmp_path, monkeypatch):
+    """An identity net whose distance is 1 - cos (ArcFace's) is calibrated in 1 - cos, not euclidean."""
+    import torch.nn.functional as F
+
+    monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path))
+
+    class CosineNet:
+        name, threshold = "cosine-dlib", None
+        descriptors = staticmethod(identity.descriptors)
+
+        @staticmethod
+        def distance(a, b):
+            return 1 - F.cosine_similarity(a, b, dim=1)
+
+    c = metrics.calibrate(generator, CosineNet(), "0" * 64)
+    assert c["strangers_dist_median"] == pytest.approx(1 - c["strangers_cos_mean"], abs=0.03)  # cos-like scale
+    assert c["strangers_dist_median"] < 0.3 and c["strangers_frac_under_network_threshold"] is None
+
+
 def test_identical_generator_is_not_forgotten(generator, identity, calib):
     w_u = generator.latents_for_seeds([4])
     report, _ = metrics.evaluate(generator, generator.synthesize, identity, w_u, calib, 10.0, n_preserve=32)
