@@ -126,9 +126,11 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--invert-steps", type=int, default=300, show_default=True)
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
+@click.option("--micro-batch", type=int, default=0, show_default=True,
+              help="Latents per forward/backward, gradients accumulated (same result, less memory); 0 = all 5.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
 def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, target_distance, target_distance_rel, alpha_max_rel, losses,
-            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, resume) -> None:
+            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume) -> None:
     """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
     from guide_engine.engine.sampling import default_device
     from guide_engine.guide.job import unlearn_job
@@ -138,7 +140,8 @@ def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, ta
                       target_distance=target_distance, target_distance_rel=target_distance_rel,
                       alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
                       device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,
-                      checkpoint_every=checkpoint_every, reference_loop=reference_loop, resume=resume)
+                      checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
+                      resume=resume)
     click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
 
 

@@ -45,13 +45,13 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                 alpha_max_rel: float | None = None, losses: str = "local,adj,glob", generator: str = "digiface-dcgan64",
                 identity: str = "dlib-resnet-v1", lpips_vgg: str | None = None, device: str = "cpu",
                 run_seed: int = 0, invert_steps: int = 300,
-                checkpoint_every: int = 100, reference_loop: bool = False, resume: bool = False,
+                checkpoint_every: int = 100, reference_loop: bool = False, micro_batch: int = 0, resume: bool = False,
                 progress: bool = True, stop_after: int | None = None) -> Path:
     if (image is None) == (seed is None):
         raise GuideEngineError("give exactly one of --image PATH or --seed N")
     loss_names = tuple(s.strip() for s in losses.split(",") if s.strip())
     # Validate everything cheap before any file is written.
-    UnlearnConfig(iters=iters, lr=lr, losses=loss_names).validate()
+    UnlearnConfig(iters=iters, lr=lr, losses=loss_names, micro_batch=micro_batch).validate()
     if target_search < 0 or not 0 <= target_angle <= 90:
         raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
     out = Path(out)
@@ -102,7 +102,8 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
                         alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,
                         target_angle=target_angle, losses=loss_names, seed=run_seed, device=device,
-                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, perceptual=perceptual_name)
+                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
+                        perceptual=perceptual_name)
     partial.mkdir(parents=True, exist_ok=True)
     zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
     t1 = time.perf_counter()

@@ -67,10 +67,13 @@ def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", percept
     return Terms(mse, p, identity_distance(desc_u, desc_t, reduction="none", impl=impl))
 
 
-def guide_loss(terms: Terms, n_pairs: int, losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def guide_loss(terms: Terms, n_pairs: int, losses: tuple[str, ...], offset: int = 0) -> dict[str, torch.Tensor]:
     """Terms over [local (1), adjacency (n_adj), global (n_glob)] samples => the named losses and their total.
-    Pairs (local, adjacency) take all three terms; global samples only the perceptual term."""
+    Pairs (local, adjacency) take all three terms; global samples only the perceptual term.
+    `offset`: the terms are samples offset, offset + 1, ... of that list (a micro-batch of it)."""
     pair = terms.pair()
-    out = {"local": pair[:1].sum(), "adj": pair[1:n_pairs].sum(), "glob": terms.perceptual[n_pairs:].sum()}
+    pos = torch.arange(offset, offset + len(pair), device=pair.device)
+    out = {"local": pair[pos == 0].sum(), "adj": pair[(pos >= 1) & (pos < n_pairs)].sum(),
+           "glob": terms.perceptual[pos >= n_pairs].sum()}
     out["total"] = sum(out[k] for k in losses)
     return out

@@ -46,6 +46,7 @@ class UnlearnConfig:
     device: str = "cpu"
     checkpoint_every: int = 100
     reference_loop: bool = False
+    micro_batch: int = 0  # > 0: latents per forward/backward, gradients accumulated (same gradient, less memory)
     perceptual: str = ""
     kernels: str = "auto"
 
@@ -57,6 +58,8 @@ class UnlearnConfig:
         bad = set(self.losses) - set(ALL_LOSSES)
         if bad or not self.losses:
             raise GuideEngineError(f"--losses {','.join(self.losses)}: choose from local,adj,glob")
+        if self.micro_batch < 0:
+            raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int):
@@ -71,12 +74,29 @@ def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int):
     return torch.cat([w_u, src_adj, w_glob]), torch.cat([w_t, tgt_adj, w_glob]), view
 
 
-def step_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+def step_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None,
+                 offset: int = 0) -> dict[str, torch.Tensor]:
+    """Latents offset.. of this iteration's list, one generator call per side => the named losses."""
     x_u, rep_u = G_u.synthesize_with_representation(lat_u, view)  # one call per side
     with torch.no_grad():
         x_t, rep_t = G_s.synthesize_with_representation(lat_t, view)
     terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual)
-    return guide_loss(terms, 1 + cfg.n_adj, cfg.losses)
+    return guide_loss(terms, 1 + cfg.n_adj, cfg.losses, offset)
+
+
+def backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig,
+                           perceptual=None) -> dict[str, torch.Tensor]:
+    """step_batched over chunks of cfg.micro_batch latents, each chunk's backward at once: the loss is a
+    sum over latents, so the accumulated gradient is the full one, with 1/chunks of the activations
+    alive (EG3D at 512 px). => the detached losses; the gradients are in .grad."""
+    total: dict[str, torch.Tensor] = {}
+    for i in range(0, lat_u.shape[0], cfg.micro_batch):
+        part = step_batched(G_u, G_s, identity_net, lat_u[i:i + cfg.micro_batch], lat_t[i:i + cfg.micro_batch],
+                            view, cfg, perceptual, offset=i)
+        part["total"].backward()
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v.detach()
+    return total
 
 
 def step_reference(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
@@ -127,9 +147,12 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     for it in range(start, end):
         t_it = time.perf_counter()
         lat_u, lat_t, view = iteration_latents(G_s, w_u, w_t, cfg, it)
-        losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
         opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        if cfg.micro_batch and not cfg.reference_loop:
+            losses = backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+        else:
+            losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+            losses["total"].backward()
         opt.step()
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):

@@ -38,31 +38,42 @@ def test_reproducible_and_resume(generator, identity, tmp_path):
     assert hist[-1]["local"] < hist[0]["local"]
 
 
-def test_batched_equals_reference_loop(generator, identity):
+def test_batched_equals_reference_loop_and_micro_batches(generator, identity):
     """One batched generator call per side computes the same losses and gradients as the official
-    one-call-per-latent structure."""
+    one-call-per-latent structure, and as micro-batches of 2 with their gradients accumulated."""
     import copy
+    import dataclasses
 
-    from guide_engine.guide.unlearn import iteration_latents, step_batched, step_reference
+    from guide_engine.guide.unlearn import backward_micro_batched, iteration_latents, step_batched, step_reference
 
     w_u, w_t = _setup(generator)
     cfg = _cfg()
     lat_u, lat_t, view = iteration_latents(generator, w_u, w_t, cfg, it=0)
     assert view is None  # no camera
     assert lat_u.shape == (5, 100)
-    grads, totals = [], []
-    for step in (step_batched, step_reference):
+
+    def with_backward(step):
+        def run(g, cfg):
+            losses = step(g, generator, identity, lat_u, lat_t, view, cfg)
+            losses["total"].backward()
+            return losses
+        return run
+
+    micro = lambda g, cfg: backward_micro_batched(g, generator, identity, lat_u, lat_t, view,  # noqa: E731
+                                                  dataclasses.replace(cfg, micro_batch=2))
+    grads, losses = [], []
+    for run in (with_backward(step_batched), with_backward(step_reference), micro):
         g = copy.deepcopy(generator)
         for p in g.trainable_parameters():
             p.requires_grad_(True)
-        losses = step(g, generator, identity, lat_u, lat_t, view, cfg)
-        losses["total"].backward()
-        totals.append(losses["total"].item())
+        losses.append({k: v.item() for k, v in run(g, cfg).items()})
         grads.append([p.grad for p in g.trainable_parameters()])
-    assert totals[0] == pytest.approx(totals[1], rel=1e-5)
-    for a, b in zip(*grads):
-        assert a is not None and a.abs().sum() > 0
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for other in losses[1:]:
+        assert other == pytest.approx(losses[0], rel=1e-5)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert a is not None and a.abs().sum() > 0
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_cli_tiny_run(tmp_path, generator):
