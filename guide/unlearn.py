@@ -5,7 +5,8 @@ Each iteration draws N_adj adjacency latents and N_glob global latents; all late
 through ONE batched generator call (local + adjacency + global = 5 latents per side). The
 `reference_loop` mode keeps the official code's structure (one generator call per latent, losses
 computed pair by pair) for timing; both compute the same mathematics.
-Randomness of iteration i comes from torch.Generator(seed * 1_000_003 + i): resuming needs no RNG state.
+Randomness of iteration i comes from torch.Generator(seed * 1_000_003 + i), and the global RNG is seeded
+the same way during the iteration (EG3D samples rays with it): resuming needs no RNG state.
 """
 from __future__ import annotations
 
@@ -148,11 +149,15 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         t_it = time.perf_counter()
         lat_u, lat_t, view = iteration_latents(G_s, w_u, w_t, cfg, it)
         opt.zero_grad(set_to_none=True)
-        if cfg.micro_batch and not cfg.reference_loop:
-            losses = backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
-        else:
-            losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
-            losses["total"].backward()
+        # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
+        # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
+        with torch.random.fork_rng(devices=[w_u.device] if w_u.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+            if cfg.micro_batch and not cfg.reference_loop:
+                losses = backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+            else:
+                losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+                losses["total"].backward()
         opt.step()
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):

@@ -85,5 +85,6 @@ class EG3DLike(nn.Module):
             self._last_planes = planes
         low = nn.functional.interpolate(planes, size=neural_rendering_resolution, mode="bilinear")
         rgb = self.decoder(low.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + self.camera_head(c)[:, :, None, None]
+        rgb = rgb + 0.01 * torch.rand(1, device=rgb.device)  # EG3D's stratified ray samples draw from the global RNG
         image = torch.tanh(nn.functional.interpolate(rgb, size=self.img_resolution, mode="bilinear"))
         return {"image": image, "image_raw": rgb}

@@ -115,6 +115,25 @@ def test_eg3d_adapter_views_planes_and_trained_subset(nvlabs_code):
     assert {n for n, _ in G.G.named_parameters() if n.startswith("backbone.synthesis.")} == trained
 
 
+def test_eg3d_runs_repeat_despite_random_rendering(nvlabs_code, identity):
+    """EG3D draws ray samples from the global RNG; the loop seeds it per iteration, so two runs (and a
+    run in micro-batches of 1 against the same run's iteration-wise seeding) repeat."""
+    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+
+    code, pkls = nvlabs_code
+    G = _load(pkls["eg3d"], code)
+    w = G.latents_for_seeds([0, 1])
+    cfg = UnlearnConfig(iters=2, alpha_max=0.5)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(len(runs))  # a different global state before each run: must not matter
+        G_u, history = run_unlearning(G, identity, w[:1], w[1:], cfg, progress=False)
+        runs.append((G_u.state_dict(), history[-1]["total"]))
+    assert runs[0][1] == runs[1][1]
+    for k in runs[0][0]:
+        assert torch.equal(runs[0][0][k], runs[1][0][k]), k
+
+
 def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     """The CLI end to end on the EG3D-like pickle; the result loads back in the user's NVlabs format."""
     code, pkls = nvlabs_code
