@@ -87,15 +87,19 @@ def load_generator(name: str) -> "NVlabsGenerator":
 
 
 def save_pickle(adapter: "NVlabsGenerator", path: Path) -> None:
-    """The unlearned generator in the format the user's NVlabs tools load: {'G_ema': module}
-    (as the official GUIDE code writes it). Written to a temp name and renamed."""
+    """The unlearned generator in the user's own format: their original pickle's dict (so NVlabs'
+    `legacy.load_network_pkl`, which wants G, D and G_ema, still loads it) with G_ema *and* G replaced by
+    the unlearned module; G is the raw training generator and still knows the identity. Other entries
+    (D, augment_pipe, training_set_kwargs) are kept. Written to a temp name and renamed."""
     from guide_engine.engine.zoo import atomic_write
 
+    data, _ = load_pickle(adapter.name[len(PREFIX):])
     G = copy.deepcopy(adapter.G).eval().requires_grad_(False).cpu()
+    data = {**data, "G_ema": G, **({"G": G} if "G" in data else {})}
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            pickle.dump({"G_ema": G}, f)
+            pickle.dump(data, f)
 
     atomic_write(path, write)
 

@@ -147,9 +147,11 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     sys.path.insert(0, str(code))
     try:
         with open(run / "generator.pkl", "rb") as f:
-            G_u = pickle.load(f)["G_ema"]
+            data = pickle.load(f)
     finally:
         sys.path.remove(str(code))
+    G_u = data["G_ema"]
+    assert set(data) == {"G", "D", "G_ema"} and data["G"] is G_u  # the user's format; G no longer knows the person
     base = _load(pkls["eg3d"], code).G
     changed = {n for n, p in G_u.named_parameters() if not torch.equal(p, base.get_parameter(n))}
     assert changed and all(n.startswith("backbone.synthesis.") for n in changed)
