@@ -78,7 +78,7 @@ def load_pickle(path: str | Path) -> tuple[dict, nn.Module]:
 def load_generator(name: str) -> "NVlabsGenerator":
     """`nvlabs:PATH.pkl` => the adapter for its G_ema (EG3D or StyleGAN), on the CPU."""
     _, G = load_pickle(name[len(PREFIX):])
-    G = copy.deepcopy(G).float().eval().requires_grad_(False)
+    G = G.float().eval().requires_grad_(False)
     if hasattr(G, "backbone") and hasattr(G, "rendering_kwargs"):
         return EG3DGenerator(G, name)
     if hasattr(G, "mapping") and hasattr(G, "synthesis"):
