@@ -35,14 +35,16 @@ FOV_DEG = 18.837
 YAW_RANGE = math.pi / 12
 PITCH_OFFSET = -0.2
 
-_ACCESS = {"trust": False, "code": None}  # set once per process by the CLI (configure)
+_ACCESS = {"trust_pickle": False, "nvlabs_code": None}  # the user's decisions, set by the CLI (configure)
 
 
 def configure(**decisions) -> None:
     """The user's decisions: trust_pickle (may pickles be loaded: they run code), nvlabs_code (where
     NVlabs' code lives). The CLI calls this for every command that loads a generator."""
-    for key, value in decisions.items():
-        _ACCESS[{"trust_pickle": "trust", "nvlabs_code": "code"}[key]] = value
+    unknown = set(decisions) - set(_ACCESS)
+    if unknown:
+        raise TypeError(f"configure: unknown decision(s) {sorted(unknown)}")
+    _ACCESS.update(decisions)
 
 
 def load_pickle(path: str | Path) -> tuple[dict, nn.Module]:
@@ -50,10 +52,10 @@ def load_pickle(path: str | Path) -> tuple[dict, nn.Module]:
     path = Path(path)
     if not path.is_file():
         raise GuideEngineError(f"{path}: no such file")
-    if not _ACCESS["trust"]:
+    if not _ACCESS["trust_pickle"]:
         raise GuideEngineError(f"refusing to load {path}: unpickling runs code from the file; "
                                "pass --trust-pickle if you trust where it came from")
-    code = _ACCESS["code"]
+    code = _ACCESS["nvlabs_code"]
     if code is None:
         raise GuideEngineError(f"{path} needs NVlabs' code to load: pass --nvlabs-code DIR "
                                "(the folder holding dnnlib/, torch_utils/, training/)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine import zoo
+from guide_engine.engine import nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
 
 
@@ -43,7 +43,7 @@ def load_generator_source(source: str | Path, device: str | None = None):
         except Exception as e:
             raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
         return g.to(default_device(device))
-    if str(source) in zoo.REGISTRY or str(source).startswith("nvlabs:"):
+    if str(source) in zoo.REGISTRY or str(source).startswith(nvlabs.PREFIX):
         return zoo.load_generator(str(source), device=default_device(device))
     raise GuideEngineError(f"--generator {source}: neither a directory nor a known model "
                            f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")

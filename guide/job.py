@@ -21,8 +21,8 @@ import torch
 from guide_engine.engine import __version__, nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import feature_perceptual_name
-from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, latents_around, resolve_distance, search_ufo_target,
-                                       typical_radius, ufo_target)
+from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
+                                       search_ufo_target, typical_radius, ufo_target)
 from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
@@ -95,9 +95,7 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                                         torch.Generator().manual_seed(run_seed))
     else:
         w_t = ufo_target(w_u, w_avg, d, target)
-        with torch.no_grad():  # how far the target itself is from the identity, to the identity network
-            desc = id_net.descriptors(G_s.synthesize(torch.cat([w_u, w_t])))
-        search = {"target_id_dist": id_net.distance(desc[:1], desc[1:]).item()}
+        search = {"target_id_dist": identity_distances(G_s, id_net, w_u, w_t).item()}
     cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
                         alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,

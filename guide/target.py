@@ -67,11 +67,19 @@ def ufo_target(w_u: torch.Tensor, w_avg: torch.Tensor, d: float, kind: str = "ex
 
 
 @torch.no_grad()
+def identity_distances(generator, identity_net, w_u: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(1, *S), (K, *S) => (K,) on the CPU: how far each target's image is from w_u's, to the identity net."""
+    from guide_engine.engine.sampling import in_batches
+
+    src = identity_net.descriptors(generator.synthesize(w_u))
+    desc = in_batches(identity_net.descriptors, in_batches(generator.synthesize, targets))
+    return identity_net.distance(src.expand(len(desc), -1), desc).cpu()
+
+
+@torch.no_grad()
 def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int,
                       max_angle_deg: float, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
     """=> (w_t (1, *S), what was searched). n = 0 returns the formula's target unchanged."""
-    from guide_engine.engine.sampling import in_batches
-
     w_t0 = ufo_target(w_u, w_avg, d, "extra")
     u = (w_t0 - w_avg) / d  # unit, (1, *S)
     col = (-1, *[1] * (u.dim() - 1))  # broadcast one scalar per candidate
@@ -82,9 +90,7 @@ def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.T
     c, s = theta.cos().to(u.device).view(col), theta.sin().to(u.device).view(col)
     cands = torch.cat([w_t0, w_avg + d * (c * u + s * v)])
     theta = torch.cat([torch.zeros(1), theta])
-    src = identity_net.descriptors(generator.synthesize(w_u))
-    desc = in_batches(identity_net.descriptors, in_batches(generator.synthesize, cands))
-    dist = identity_net.distance(src.expand(len(desc), -1), desc).cpu()
+    dist = identity_distances(generator, identity_net, w_u, cands)
     best = int(dist.argmax())
     return cands[best:best + 1].clone(), {
         "candidates": len(cands), "max_angle_deg": max_angle_deg, "angle_deg": math.degrees(theta[best].item()),
