@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.errors import GuideEngineError, first_line
 
 PREFIX = "arcface-ir-se50:"
 STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))  # (in, out, units), first unit strides 2
@@ -124,6 +124,5 @@ def load_arcface(name: str) -> ArcFaceIdentity:
     try:
         net.load_state_dict({k.removeprefix("module.").removeprefix("facenet."): v for k, v in state.items()})
     except (RuntimeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GuideEngineError(f"{path}: not IR-SE50 weights ({first})") from None
+        raise GuideEngineError(f"{path}: not IR-SE50 weights ({first_line(e)})") from None
     return ArcFaceIdentity(net, name=name)

@@ -12,3 +12,9 @@ class CheckFailed(GuideEngineError):
     """A check ran and its result was negative (verification, parity): exit code 1."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """A library exception as one line for a GuideEngineError message (its first line, or its type)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

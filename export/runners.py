@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.errors import GuideEngineError, first_line
 
 
 class Runner:
@@ -73,8 +73,7 @@ class OnnxrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GuideEngineError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+            raise GuideEngineError(f"{path}: not a loadable ONNX model ({first_line(e)[:200]})") from None
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
