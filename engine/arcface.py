@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guide_engine.engine.errors import GuideEngineError, first_line
+from guide_engine.engine.protocols import FrozenIdentityNet
 
 PREFIX = "arcface-ir-se50:"
 STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))  # (in, out, units), first unit strides 2
@@ -79,7 +80,7 @@ class IRSE50(nn.Module):
         return self.forward_features(x)[1]
 
 
-class ArcFaceIdentity(nn.Module):
+class ArcFaceIdentity(FrozenIdentityNet):
     """IR-SE50 behind `protocols.IdentityNetwork`; distance = 1 - cosine of the embeddings."""
 
     dim = 512
@@ -88,9 +89,7 @@ class ArcFaceIdentity(nn.Module):
     feature_name = "arcface"
 
     def __init__(self, net: IRSE50, name: str):
-        super().__init__()
-        self.name, self.net = name, net.eval()
-        self.net.requires_grad_(False)
+        super().__init__(net, name)
         self.pool = nn.AdaptiveAvgPool2d((112, 112))
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,20 +97,8 @@ class ArcFaceIdentity(nn.Module):
             images = F.interpolate(images, size=(256, 256), mode="bilinear")
         return self.pool(images[:, :, 35:223, 32:220])
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.net.forward_features(self.to_input(images))
-
-    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.to_input(images))
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.descriptors(images), dim=1)
-
     def distance(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
         return 1 - F.cosine_similarity(desc_a, desc_b, dim=1)
-
-    def train(self, mode: bool = True) -> "ArcFaceIdentity":
-        return super().train(False)  # BatchNorm statistics and dropout stay in inference mode
 
 
 def load_arcface(name: str) -> ArcFaceIdentity:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guide_engine.engine.dlib_format import read_dat
+from guide_engine.engine.protocols import FrozenIdentityNet
 
 INPUT_SIZE = 150
 DLIB_THRESHOLD = 0.6  # dlib's same-person threshold on the Euclidean distance of raw descriptors
@@ -138,7 +139,7 @@ class DlibResNet(nn.Module):
         return m.eval()
 
 
-class DlibIdentity(nn.Module):
+class DlibIdentity(FrozenIdentityNet):
     """dlib's descriptor network behind the `protocols.IdentityNetwork` interface.
 
     Generator images in [-1, 1] are resized to 150x150 (bilinear) and mapped to x * 127.5 + 127.5.
@@ -152,29 +153,13 @@ class DlibIdentity(nn.Module):
     feature_name = "dlib"
 
     def __init__(self, net: DlibResNet, name: str = "dlib-resnet-v1"):
-        super().__init__()
-        self.name = name
-        self.net = net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        super().__init__(net, name)
 
-    def to_dlib_input(self, images: torch.Tensor) -> torch.Tensor:
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] => (N, 3, 150, 150) on the [0, 255] scale."""
         if images.shape[-1] != INPUT_SIZE or images.shape[-2] != INPUT_SIZE:
             images = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         return images * 127.5 + 127.5
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.net.forward_features(self.to_dlib_input(images))
-
-    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.to_dlib_input(images))
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.descriptors(images), dim=1)
-
     def distance(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
         return (desc_a - desc_b).norm(dim=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(images)

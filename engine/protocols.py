@@ -65,3 +65,32 @@ class IdentityNetwork(Protocol):
 
     def distance(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
         """raw descriptors (N, D), (N, D) => (N,) the network's own distance, compared with `threshold`."""
+
+
+class FrozenIdentityNet(nn.Module):
+    """What identity-network adapters share: a frozen backbone `net` (net(x) => raw descriptors,
+    net.forward_features(x) => (feature maps, raw descriptors)) behind the model's own `to_input`.
+    Subclasses set dim, threshold, distance_name, feature_name and define to_input and distance."""
+
+    def __init__(self, net: nn.Module, name: str):
+        super().__init__()
+        self.name, self.net = name, net.eval().requires_grad_(False)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] => what the backbone takes."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.net.forward_features(self.to_input(images))
+
+    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.to_input(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.descriptors(images), dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    def train(self, mode: bool = True) -> "FrozenIdentityNet":
+        return super().train(False)  # BatchNorm statistics and dropout (where there are any) stay in inference mode
