@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.zoo import atomic_write, write_json
+from guide_engine.engine.models.zoo import atomic_write, write_json
 
 ALL_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 

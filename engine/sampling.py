@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine import nvlabs, zoo
+from guide_engine.engine.models import nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
 
 
@@ -69,7 +69,7 @@ def sample_to_file(source: str, seeds: str, out: Path, backend: str = "torch", d
     if backend == "torch":
         images = sample_seeds(load_generator_source(source, device), seed_list)
     else:
-        from guide_engine.export.runners import open_runner
+        from guide_engine.engine.backends import open_runner
 
         runner = open_runner(Path(source), backend)
         w = zoo.load_generator(runner.manifest["generator"]).latents_for_seeds(seed_list)

@@ -105,7 +105,7 @@ def _png(image: torch.Tensor) -> bytes:
 
 def load_service(source: Path, cfg: ServeConfig):
     """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None)."""
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
     from guide_engine.engine.sampling import load_generator_source
 
     source = Path(source)
@@ -117,13 +117,13 @@ def load_service(source: Path, cfg: ServeConfig):
         why = "has not been verified" if report is None else "failed verification"
         raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
     if cfg.backend == "torch":
-        from guide_engine.export.runners import TorchRunner
+        from guide_engine.engine.backends import TorchRunner
 
         generator = load_generator_source(source)
         infer = TorchRunner(generator, cfg.max_batch).infer
         base = generator
     else:
-        from guide_engine.export.runners import open_runner
+        from guide_engine.engine.backends import open_runner
 
         runner = open_runner(source, cfg.backend)
         infer = runner.infer
@@ -141,7 +141,7 @@ def load_service(source: Path, cfg: ServeConfig):
 
 
 def _make_guard(source: Path, base, report):
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
 
     ident = source / "identity.json"
     if not ident.is_file():

@@ -1,1 +1,1 @@
-"""ONNX and TensorRT export, runners with one infer() interface, parity checks."""
+"""ONNX and TensorRT export, the Triton model repository, parity checks (the runners live in engine/backends.py)."""

@@ -17,10 +17,10 @@ import torch
 from guide_engine.engine import __version__
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.engine.sampling import load_generator_source
-from guide_engine.engine.zoo import sha256_file, write_json
+from guide_engine.engine.models.zoo import sha256_file, write_json
 from guide_engine.export.onnx import OPSET, export_onnx
 from guide_engine.export.parity import compare
-from guide_engine.export.runners import OnnxrtRunner, TorchRunner, TrtRunner
+from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, TrtRunner
 
 
 def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, trt: bool = False,
@@ -33,7 +33,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
     if out.exists():
         raise GuideEngineError(f"--out {out} already exists; choose a new directory")
     if trt:
-        from guide_engine.export.runners import import_tensorrt
+        from guide_engine.engine.backends import import_tensorrt
 
         import_tensorrt()  # fail before any work when TensorRT cannot run here
     generator = load_generator_source(source, device="cpu")

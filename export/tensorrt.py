@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.export.runners import import_tensorrt
+from guide_engine.engine.backends import import_tensorrt
 
 
 def build_engine(onnx_path: Path, plan_path: Path, latent_shape: tuple[int, ...], max_batch: int,

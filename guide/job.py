@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine import __version__, nvlabs, zoo
+from guide_engine.engine import __version__
+from guide_engine.engine.models import nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
@@ -64,7 +65,7 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     id_net = zoo.load_identity(identity, device=device)
     perceptual, perceptual_name = None, feature_perceptual_name(id_net)
     if lpips_vgg is not None:
-        from guide_engine.engine.lpips_vgg import LPIPSVGG
+        from guide_engine.engine.models.lpips_vgg import LPIPSVGG
 
         perceptual = LPIPSVGG(lpips_vgg).to(device)
         perceptual_name = f"lpips-vgg (LPIPS v0.1 on VGG16 weights {perceptual.path})"

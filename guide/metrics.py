@@ -15,7 +15,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from guide_engine.engine import zoo
+from guide_engine.engine.models import zoo
 from guide_engine.engine.sampling import in_batches
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 

@@ -113,7 +113,7 @@ def step_reference(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfi
 
 
 def _save_checkpoint(path: Path, G_u, opt, it: int) -> None:
-    from guide_engine.engine.zoo import atomic_write
+    from guide_engine.engine.models.zoo import atomic_write
 
     atomic_write(path, lambda tmp: torch.save({"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict()}, tmp))
 

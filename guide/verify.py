@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine import zoo
+from guide_engine.engine.models import zoo
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.sampling import load_generator_source, read_json
 from guide_engine.guide import metrics
@@ -32,7 +32,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         base_name = G_u.name
         infer = lambda w: G_u.synthesize(w)  # noqa: E731
     else:
-        from guide_engine.export.runners import open_runner
+        from guide_engine.engine.backends import open_runner
 
         runner = open_runner(run, backend)
         base_name = runner.manifest["generator"]

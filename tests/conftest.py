@@ -17,14 +17,14 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def generator():
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
 
     return zoo.load_generator("digiface-dcgan64")
 
 
 @pytest.fixture(scope="session")
 def identity():
-    from guide_engine.engine import zoo
+    from guide_engine.engine.models import zoo
 
     return zoo.load_identity("dlib-resnet-v1")
 

@@ -10,7 +10,7 @@ from guide_engine.engine.cli import main
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.export import parity
 from guide_engine.export.job import export_job
-from guide_engine.export.runners import OnnxrtRunner, TorchRunner, open_runner
+from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, open_runner
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from guide_engine.engine import zoo
+from guide_engine.engine.models import zoo
 from guide_engine.engine.images import to_uint8
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin (the `dev` extra) is needed for the parity test")

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from guide_engine.engine import zoo
+from guide_engine.engine.models import zoo
 from guide_engine.engine.errors import GuideEngineError
 
 PAYLOAD = b"pretend weights " * 1000
@@ -82,7 +82,7 @@ def test_unknown_model_lists_known_ones():
 
 
 def test_truncated_dat_gives_format_error(tmp_path):
-    from guide_engine.engine.dlib_format import DlibFormatError, read_dat
+    from guide_engine.engine.models.dlib_format import DlibFormatError, read_dat
 
     dat = zoo.require("dlib-resnet-v1").read_bytes()
     cut = tmp_path / "cut.dat"

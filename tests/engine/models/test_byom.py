@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine import nvlabs
+from guide_engine.engine.models import nvlabs
 from guide_engine.engine.cli import main
 from guide_engine.engine.errors import GuideEngineError
 
@@ -171,8 +171,8 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
 
 def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
     """A state dict with the official model_ir_se50.pth key names and shapes (random values)."""
-    from guide_engine.engine import zoo
-    from guide_engine.engine.arcface import IRSE50
+    from guide_engine.engine.models import zoo
+    from guide_engine.engine.models.arcface import IRSE50
 
     def rand(k, v):  # random values at sane scales (unit-ish activations through 24 residual units)
         if not v.dtype.is_floating_point:
@@ -230,7 +230,7 @@ def test_lpips_without_the_package_is_a_one_line_error(tmp_path):
 def test_lpips_vgg_reads_backbone_weights_from_the_path(tmp_path):
     import torchvision
 
-    from guide_engine.engine.lpips_vgg import LPIPSVGG
+    from guide_engine.engine.models.lpips_vgg import LPIPSVGG
 
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
     vgg = torch.load(tmp_path / "vgg16.pth")

@@ -208,8 +208,8 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict:
 
 def load_generator(name: str = "digiface-dcgan64", device: str | None = None):
     """A registry name, or `nvlabs:PATH.pkl` (StyleGAN2/3, EG3D; needs --trust-pickle and --nvlabs-code)."""
-    from guide_engine.engine import nvlabs
-    from guide_engine.engine.dcgan import DCGANGenerator
+    from guide_engine.engine.models import nvlabs
+    from guide_engine.engine.models.dcgan import DCGANGenerator
 
     if name == "digiface-dcgan64":
         g = DCGANGenerator.from_checkpoint(str(require(name)), name=name)
@@ -231,8 +231,8 @@ def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
     safetensors beside it; later loads read that."""
     from safetensors.torch import load_file, save_file
 
-    from guide_engine.engine import arcface
-    from guide_engine.engine.dlib_resnet import DlibIdentity, DlibResNet
+    from guide_engine.engine.models import arcface
+    from guide_engine.engine.models.dlib_resnet import DlibIdentity, DlibResNet
 
     if name.startswith(arcface.PREFIX):
         return arcface.load_arcface(name).to(device or "cpu")

@@ -103,7 +103,7 @@ class ArcFaceIdentity(FrozenIdentityNet):
 
 def load_arcface(name: str) -> ArcFaceIdentity:
     """`arcface-ir-se50:PATH` => the network with the state dict at PATH (official key names)."""
-    from guide_engine.engine.zoo import read_state_dict
+    from guide_engine.engine.models.zoo import read_state_dict
 
     path = Path(name[len(PREFIX):])
     state = read_state_dict(path, "ArcFace IR-SE50 weights, model_ir_se50.pth")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guide_engine.engine.dlib_format import read_dat
+from guide_engine.engine.models.dlib_format import read_dat
 from guide_engine.engine.protocols import FrozenIdentityNet
 
 INPUT_SIZE = 150
