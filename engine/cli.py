@@ -175,26 +175,38 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command(short_help="Check the identity is gone and others kept.")
+@main.command(short_help="Prove the identity is gone, to a judge and an attacker.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
               help="torch for a run directory; onnxruntime/tensorrt for an export directory.")
+@click.option("--judge", default="sface-2021dec", show_default=True,
+              help="The network that grades forgetting (never in a loss); or dlib-resnet-v1, arcface-ir-se50:PATH.pth.")
+@click.option("--require", type=click.Choice(["forgotten", "robust"]), default="forgotten", show_default=True,
+              help="The verdict level that sets the exit code: forgotten at w_u, or also robust to re-inversion.")
+@click.option("--image", type=str, default=None, help="The photo a photo run forgot: the attacker inverts it.")
+@click.option("--attack-starts", type=int, default=8, show_default=True, help="Re-inversion attack: starts from the prior.")
+@click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
+@click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
-@click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @nvlabs_options
-def verify(run_dir, backend, n_preserve, compare, no_reinversion, as_json) -> None:
-    """Prove the identity is gone and the rest kept; exit 0 only if both hold (1 if not)."""
+def verify(run_dir, backend, judge, require, image, attack_starts, attack_steps, no_reinversion, n_preserve, compare,
+           as_json) -> None:
+    """Grade forgetting with a judge network the loss never saw, attack the unlearned generator by
+    re-inverting the photo, and check everyone else is kept; exit 0 only if the required level holds."""
     import json
 
     from guide_engine.engine.errors import CheckFailed
+    from guide_engine.guide.attack import AttackConfig
     from guide_engine.guide.verify import summary_table, verify_run
 
-    report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion)
+    report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
+                        judge=judge, require=require, image=image,
+                        attack=AttackConfig(starts=attack_starts, steps=attack_steps), progress=not as_json)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
-        raise CheckFailed(f"verification failed: see {run_dir}/report.json")
+        raise CheckFailed(f"verification failed (required level: {require}): see {run_dir}/report.json")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models.zoo import atomic_write
 
 MIN_SIDE = 32
+LINE_H = 12  # pixels per line of PIL's default font
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
               row_labels: Sequence[str] | None = None, captions: Sequence[str] | None = None,
               scale: int = 1):
     """(N, 3, H, W) in [-1, 1] => a PIL image: `nrow` images per row, optional label per row (left)
-    and caption per image (below)."""
+    and caption per image (below; may hold several lines)."""
     from PIL import Image, ImageDraw
 
     arr = to_uint8(images)
@@ -63,7 +64,7 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
     h, w = h * scale, w * scale
-    cap_h = 12 if captions else 0
+    cap_h = LINE_H * max(c.count("\n") + 1 for c in captions) if captions else 0
     label_w = 8 + 7 * max((len(s) for s in row_labels), default=0) if row_labels else 0
     canvas = Image.new("RGB", (label_w + nrow * (w + pad) + pad, rows * (h + pad + cap_h) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -81,6 +82,25 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
 def save_grid(images: torch.Tensor, path: str | Path, **kw) -> None:
     grid = make_grid(images, **kw)
     atomic_write(Path(path), lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def save_stack(parts: list, path: str | Path, pad: int = 4) -> None:
+    """PIL images and blocks of text (lists of lines), stacked top to bottom on white => PNG, atomically."""
+    from PIL import Image, ImageDraw
+
+    char_w = 6  # PIL's default font
+    sizes = [p.size if isinstance(p, Image.Image) else (char_w * max(map(len, p)) + 2 * pad, LINE_H * len(p) + pad)
+             for p in parts]
+    canvas = Image.new("RGB", (max(w for w, _ in sizes) + 2 * pad, sum(h for _, h in sizes) + pad), "white")
+    draw, y = ImageDraw.Draw(canvas), pad
+    for part, (_, h) in zip(parts, sizes):
+        if isinstance(part, Image.Image):
+            canvas.paste(part, (pad, y))
+        else:
+            for k, line in enumerate(part):
+                draw.text((2 * pad, y + k * LINE_H), line, fill="black")
+        y += h
+    atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def parse_seeds(text: str) -> list[int]:

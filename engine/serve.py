@@ -2,12 +2,13 @@
 
 POST /v1/generate  {"seeds": [...]} or {"latents": [[...], ...]}  => one image: image/png;
                    several: JSON {"images": [base64 PNG | null], "withheld": [indices]}
-GET  /healthz, /readyz, /v1/model (manifest: unlearned identities as hashes, the verification result)
+GET  /healthz, /readyz, /v1/model (manifest: unlearned identities as hashes, the verification levels)
 
 Concurrent requests are grouped by a micro-batcher (up to the max batch, or `max_wait_ms`). Bad input
-gets a 4xx with a one-line message and never reaches the model. By default an artifact whose
-verification has not passed is refused. `guard=True` embeds every image with the identity network
-and withholds any that the network calls the same person as an unlearned identity.
+gets a 4xx with a one-line message and never reaches the model. By default an artifact that did not
+pass the level its `verify` required is refused. `guard=True` embeds every image with the judge
+network (the one `verify` grades with) and withholds any that it puts closer to an unlearned identity
+than the strangers' 1st percentile, the same line `verify` uses for "the attack found the person".
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI must see the real Request class
@@ -106,15 +107,16 @@ def _png(image: torch.Tensor) -> bytes:
 def load_service(source: Path, cfg: ServeConfig):
     """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None)."""
     from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import load_generator_source
+    from guide_engine.engine.sampling import load_generator_source, read_json
 
     source = Path(source)
     if not source.is_dir():
         raise GuideEngineError(f"{source}: give an unlearn run directory or an export directory")
     report_path = source / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    report = read_json(report_path) if report_path.is_file() else None
     if not cfg.allow_unverified and not (report and report.get("passed")):
-        why = "has not been verified" if report is None else "failed verification"
+        why = "has not been verified" if report is None else \
+            f"failed verification (required level: {report.get('required', 'forgotten')})"
         raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
     if cfg.backend == "torch":
         from guide_engine.engine.backends import TorchRunner
@@ -128,11 +130,13 @@ def load_service(source: Path, cfg: ServeConfig):
         runner = open_runner(source, cfg.backend)
         infer = runner.infer
         base = zoo.load_generator(runner.manifest["generator"])
-    manifest = json.loads((source / "manifest.json").read_text()) if (source / "manifest.json").is_file() else {}
+    manifest = read_json(source / "manifest.json") if (source / "manifest.json").is_file() else {}
     info = {"source": source.name, "backend": cfg.backend, "generator": manifest.get("generator", getattr(base, "name", None)),
             "unlearned_identities": [manifest["identity_hash"]] if "identity_hash" in manifest else [],
             "result_sha256": manifest.get("result_sha256"),
-            "verification": None if report is None else {"passed": report.get("passed"), "thresholds": report.get("thresholds")},
+            "verification": None if report is None else {
+                "passed": report.get("passed"), "required": report.get("required"), "levels": report.get("levels"),
+                "judge": report.get("judge"), "attack": report.get("attack"), "thresholds": report.get("thresholds")},
             "max_batch": cfg.max_batch, "max_per_request": cfg.max_per_request, "guard": cfg.guard}
     guard = None
     if cfg.guard:
@@ -141,25 +145,26 @@ def load_service(source: Path, cfg: ServeConfig):
 
 
 def _make_guard(source: Path, base, report):
+    """=> images => [withheld?]: the judge's distance to the unlearned identity's pretrained image below
+    the strangers' 1st percentile (calibrated on the base generator, cached)."""
     from guide_engine.engine.models import zoo
+    from guide_engine.engine.sampling import read_json
+    from guide_engine.guide.job import state_sha256
+    from guide_engine.guide.metrics import calibrate
 
     ident = source / "identity.json"
     if not ident.is_file():
         raise GuideEngineError(f"--guard needs {ident} (the unlearned identity)")
-    config = source / "config.json"
-    id_net = zoo.load_identity(json.loads(config.read_text())["identity"] if config.is_file() else "dlib-resnet-v1")
-    w_u = torch.tensor(json.loads(ident.read_text())["w_u"], dtype=torch.float32).view(1, *base.latent_shape)
+    judge = zoo.load_judge(((report or {}).get("judge") or {}).get("name", zoo.DEFAULT_JUDGE))
+    pretrained = zoo.load_generator(base.name)
+    thr = calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
+    w_u = torch.tensor(read_json(ident)["w_u"], dtype=torch.float32).view(1, *base.latent_shape)
     with torch.no_grad():
-        ref = id_net.descriptors(zoo.load_generator(base.name).synthesize(w_u))
-    # same person: the calibrated strangers' 5th percentile when verified, else the network's own threshold
-    thr = (report or {}).get("thresholds", {}).get("kept_if_dist_below", id_net.threshold)
-    if thr is None:
-        raise GuideEngineError(f"--guard: {id_net.name} has no fixed threshold; run `guide-engine verify {source}` first")
+        ref = judge.descriptors(pretrained.synthesize(w_u))
 
     def guard(images: torch.Tensor) -> list[bool]:
-        with torch.no_grad():
-            d = id_net.descriptors(images)
-        return (id_net.distance(d, ref.expand_as(d)) < thr).tolist()
+        d = judge.descriptors(images)
+        return (judge.distance(d, ref.expand_as(d)) < thr).tolist()
 
     return guard
 

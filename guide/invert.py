@@ -25,28 +25,40 @@ def inversion_loss(generator, identity_net, w, image, feats_x, desc_x):
     return mse + p + identity_distance(desc, desc_x.expand(n, -1), reduction="none"), mse
 
 
+def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, steps: int, lr: float = 0.05,
+            progress: bool = True, label: str = "invert") -> torch.Tensor:
+    """Adam on K latents at once, each against the same photo: (K, *S) starts => (K, *S) latents.
+    The loss is a sum of per-latent losses and Adam is elementwise, so each row follows the path it would
+    follow alone (one generator call per step instead of K). Gradients flow to w only: the generator's
+    parameters get none, even when they require grad (the unlearning loop's G_u)."""
+    with torch.no_grad():
+        feats_x, desc_x = identity_net.features(image)
+    w = start.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for step in range(steps):
+        loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x)
+        (w.grad,) = torch.autograd.grad(loss.sum(), [w])
+        opt.step()
+        if progress and (step % 50 == 0 or step == steps - 1):
+            print(f"\r{label} {step + 1}/{steps} loss {loss.mean().item():.4f} mse {mse.mean().item():.4f}", end="",
+                  file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    return w.detach()
+
+
 def invert(generator, identity_net, image: torch.Tensor, steps: int = 300, lr: float = 0.05,
            start: torch.Tensor | None = None, n_starts: int = 64, seed: int = 0,
            progress: bool = True) -> tuple[torch.Tensor, float]:
     """image (1, 3, H, W) in [-1, 1] at the generator's resolution => (w (1, *S), final pixel MSE)."""
     image = image.to(generator.average_latent().device)
-    with torch.no_grad():
-        feats_x, desc_x = identity_net.features(image)
-        if start is None:
+    if start is None:
+        with torch.no_grad():
+            feats_x, desc_x = identity_net.features(image)
             cands = torch.cat([generator.average_latent(),
                                generator.sample_latents(n_starts - 1, torch.Generator().manual_seed(seed))])
             start = cands[inversion_loss(generator, identity_net, cands, image, feats_x, desc_x)[0].argmin()][None]
-    w = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=lr)
-    for step in range(steps):
-        loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress and (step % 50 == 0 or step == steps - 1):
-            print(f"\rinvert {step + 1}/{steps} loss {loss.item():.4f} mse {mse.item():.4f}", end="", file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
+    w = descend(generator, identity_net, image, start, steps, lr, progress)
     with torch.no_grad():
         err = (generator.synthesize(w) - image).pow(2).mean().item()
-    return w.detach(), err
+    return w, err

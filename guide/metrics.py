@@ -1,17 +1,25 @@
-"""What `verify` measures (GUIDE-SPEC section 4), with thresholds calibrated per (generator, identity net).
+"""What `verify` measures (GUIDE-SPEC section 4), with thresholds calibrated per (generator, network).
 
-Calibration: distances between the identity descriptors of random pairs of the base generator's
-images (strangers). An identity is *forgotten* when dist(pretrained(w_u), unlearned(w_u)) >= the
-strangers' median; a random latent is *kept* when its pretrained-vs-unlearned distance is below the
-strangers' 5th percentile. A fixed threshold does not transfer: with dlib on the DigiFace DCGAN most
-stranger pairs fall under dlib's 0.6, which is reported beside for reference only.
-Cosine similarities are reported raw and centred (the mean embedding of base samples subtracted).
+Two networks grade every figure side by side: the *training* identity network (the one the unlearning
+loss used: dlib by default) and the *judge* (SFace by default), which no loss and no attacker ever saw.
+Calibration: distances between random pairs of the base generator's images (strangers), in each
+network's own distance. Per network:
+  forgotten at w_u   dist(pretrained(w_u), unlearned(w_u)) >= the strangers' median
+  kept               a random latent's pretrained-vs-unlearned distance < the strangers' 5th percentile
+  robust             the re-inversion attack's best face is still >= the strangers' 1st percentile from the photo
+The verdict (see `levels`): *forgotten* = forgotten at w_u by the judge, and at least 95% of random faces
+kept by both networks; *robust* = forgotten, and the attack fails under both networks.
+A fixed threshold does not transfer: with dlib on the DigiFace DCGAN most stranger pairs fall under
+dlib's 0.6, which is reported beside for reference only. Cosines are reported raw and centred (the mean
+embedding of base samples subtracted).
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,35 +28,71 @@ from guide_engine.engine.sampling import in_batches
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
+CALIB_VERSION = 2  # 2: quantiles at every 0.1% (p0.1, p1 and "closer than X% of strangers")
 PRESERVE_SEED0 = 2_000_000
+MIN_KEPT = 0.95
 
 
-def _descriptors(identity_net, images: torch.Tensor) -> torch.Tensor:
-    return in_batches(identity_net.descriptors, images)
+def _descriptors(net, images: torch.Tensor) -> torch.Tensor:
+    return in_batches(net.descriptors, images)
 
 
 @torch.no_grad()
-def calibrate(generator, identity_net, base_sha: str) -> dict:
-    """Strangers' distance distribution, cached in $GUIDE_ENGINE_HOME/calibration/."""
-    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{generator.name}__{identity_net.name}")[-120:]  # names may be paths
-    path = zoo.cache_home() / "calibration" / f"{names}__{base_sha[:16]}.json"
+def calibrate(generator, net, base_sha: str) -> dict:
+    """Strangers' distance distribution in the network's own distance, cached in $GUIDE_ENGINE_HOME/calibration/."""
+    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{generator.name}__{net.name}")[-120:]  # names may be paths
+    path = zoo.cache_home() / "calibration" / f"{names}__{base_sha[:16]}__v{CALIB_VERSION}.json"
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
-    d = _descriptors(identity_net, in_batches(generator.synthesize, w))
+    d = _descriptors(net, in_batches(generator.synthesize, w)).cpu()
     half = len(d) // 2
     a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
-    dist = identity_net.distance(a, b)  # the network's own distance (dlib: euclidean; ArcFace: 1 - cos)
+    dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)
     cos = F.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
-    calib = {"generator": generator.name, "identity_network": identity_net.name, "pairs": dist.numel(),
+    quantiles = dist.quantile(torch.linspace(0, 1, 1001, dtype=dist.dtype))
+    calib = {"generator": generator.name, "identity_network": net.name, "distance": net.distance_name,
+             "pairs": dist.numel(),
              "strangers_dist_median": dist.median().item(), "strangers_dist_p5": dist.quantile(0.05).item(),
+             "strangers_dist_p1": quantiles[10].item(), "strangers_dist_p0.1": quantiles[1].item(),
              "strangers_cos_mean": cos.mean().item(),
-             "network_threshold": identity_net.threshold,
+             "network_threshold": net.threshold,
              "strangers_frac_under_network_threshold":
-                 None if identity_net.threshold is None else (dist < identity_net.threshold).float().mean().item(),
+                 None if net.threshold is None else (dist < net.threshold).float().mean().item(),
+             "quantiles": [round(q, 6) for q in quantiles.tolist()],
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
     zoo.write_json(path, calib)
     return calib
+
+
+def strangers(calib: dict) -> dict:
+    """The calibration's quantiles under the report's names."""
+    return {"p0.1": calib["strangers_dist_p0.1"], "p1": calib["strangers_dist_p1"], "p5": calib["strangers_dist_p5"],
+            "p50": calib["strangers_dist_median"]}
+
+
+def strangers_closer_than(calib: dict, dist: float) -> float:
+    """Fraction of stranger pairs that lie closer than `dist` (0.002 => "farther than 99.8% of strangers are")."""
+    q = np.asarray(calib["quantiles"])
+    return float(np.interp(dist, q, np.linspace(0, 1, len(q)), left=0.0, right=1.0))
+
+
+@dataclass
+class Judged:
+    """A network and its calibration on the base generator: one column of the report."""
+
+    net: object
+    calib: dict
+
+    @property
+    def name(self) -> str:
+        return self.net.name
+
+    def desc(self, images: torch.Tensor) -> torch.Tensor:
+        return _descriptors(self.net, images).cpu()
+
+    def dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.net.distance(a, b.expand_as(a)).cpu()
 
 
 def _sims(da: torch.Tensor, db: torch.Tensor, mean_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,93 +112,145 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(0.0, ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt).item())
 
 
-def evaluate(G_s, infer, identity_net, w_u: torch.Tensor, calib: dict, r: float, n_preserve: int = 256,
-             n_neighbors: int = 16, reinversion=None, views: list | None = None, infer_view=None) -> tuple[dict, dict]:
+def _column(j: Judged, x_pre, x_un, xn_pre, xn_un, xr_pre, xr_un) -> dict:
+    """One network's figures: at w_u (mean over views), on the neighbours, on random faces."""
+    c, mean_emb = j.calib, torch.tensor(j.calib["mean_embedding"])
+    d_pre, d_un = j.desc(x_pre), j.desc(x_un)
+    cos, cos_c = (s.mean().item() for s in _sims(d_pre, d_un, mean_emb))
+    id_dist = j.net.distance(d_pre, d_un).mean().item()
+    n = len(xn_pre)
+    if n:
+        dn_pre, dn_un = j.desc(xn_pre), j.desc(xn_un)
+        n_cos = _sims(dn_pre, dn_un, mean_emb)[0]
+        n_dist = j.net.distance(dn_pre, dn_un)
+    dr_pre, dr_un = j.desc(xr_pre), j.desc(xr_un)
+    r_dist = j.net.distance(dr_pre, dr_un)
+    return {"id_sim": cos, "id_sim_centred": cos_c, "id_dist": id_dist,
+            "forgotten": id_dist >= c["strangers_dist_median"],
+            "neighbors_id_sim": n_cos.mean().item() if n else None,
+            "neighbors_forgotten_frac": (n_dist >= c["strangers_dist_median"]).float().mean().item() if n else None,
+            "kept": r_dist < c["strangers_dist_p5"],  # (N,) bool, combined across networks by the caller
+            "id_sim_mean": _sims(dr_pre, dr_un, mean_emb)[0].mean().item(),
+            "fd_embedding": frechet_distance(F.normalize(dr_pre, dim=1), F.normalize(dr_un, dim=1))}
+
+
+@torch.no_grad()
+def evaluate(G_s, infer, train: Judged, judge: Judged, w_u: torch.Tensor, r: float, n_preserve: int = 256,
+             n_neighbors: int = 16, attack: dict | None = None, views: list | None = None,
+             infer_view=None) -> tuple[dict, dict]:
     """G_s: the pretrained generator; infer: latents => images of the unlearned artifact (any backend).
+    train, judge: the training network and the judge with their calibrations.
+    attack: the result of `attack_figures`, or None when the attack was not run.
     views, infer_view: 3D-aware generators (EG3D) judge the identity at w_u as the mean over these
     cameras (GUIDE-SPEC section 4: 11 yaw views), rendered by infer_view(w, view).
     => (report dict, images for the picture)."""
-    med, p5 = calib["strangers_dist_median"], calib["strangers_dist_p5"]
-    mean_emb = torch.tensor(calib["mean_embedding"])
-    with torch.no_grad():
-        if views:
-            x_pre = torch.cat([G_s.synthesize(w_u, v) for v in views])
-            x_un = torch.cat([infer_view(w_u, v) for v in views])
-        else:
-            x_pre, x_un = G_s.synthesize(w_u), infer(w_u)
-        d_pre, d_un = _descriptors(identity_net, x_pre), _descriptors(identity_net, x_un)
-        cos, cos_c = (s.mean() for s in _sims(d_pre, d_un, mean_emb))
-        id_dist = identity_net.distance(d_pre, d_un).mean().item()
-        if views:  # the rest of the report (neighbours, picture, re-inversion) uses the front view
-            front = len(views) // 2
-            x_pre, x_un, d_pre = x_pre[front:front + 1], x_un[front:front + 1], d_pre[front:front + 1]
+    if views:
+        x_pre = torch.cat([G_s.synthesize(w_u, v) for v in views])
+        x_un = torch.cat([infer_view(w_u, v) for v in views])
+        front = len(views) // 2  # neighbours and the picture use the front view
+        x_pre1, x_un1 = x_pre[front:front + 1], x_un[front:front + 1]
+    else:
+        x_pre = x_pre1 = G_s.synthesize(w_u)
+        x_un = x_un1 = infer(w_u)
 
-        # Neighbours: latents near w_u that the pretrained generator still renders as the same person.
-        w_n = latents_around(w_u, 4 * n_neighbors, NEIGHBOR_RADIUS_REL * r, torch.Generator().manual_seed(7))
-        xn_pre = G_s.synthesize(w_n)
-        dn_pre = _descriptors(identity_net, xn_pre)
-        same = identity_net.distance(dn_pre, d_pre.expand_as(dn_pre)) < p5
-        w_n, xn_pre, dn_pre = w_n[same][:n_neighbors], xn_pre[same][:n_neighbors], dn_pre[same][:n_neighbors]
-        xn_un = infer(w_n) if len(w_n) else xn_pre
-        dn_un = _descriptors(identity_net, xn_un) if len(w_n) else dn_pre
-        n_cos, _ = _sims(dn_pre, dn_un, mean_emb)
-        n_dist = identity_net.distance(dn_pre, dn_un)
+    # Neighbours: latents near w_u that the pretrained generator still renders as the same person
+    # (closer than the strangers' 5th percentile under both networks).
+    w_n = latents_around(w_u, 4 * n_neighbors, NEIGHBOR_RADIUS_REL * r, torch.Generator().manual_seed(7))
+    xn_pre = G_s.synthesize(w_n)
+    same = torch.ones(len(w_n), dtype=torch.bool)
+    for j in (train, judge):
+        same &= j.dist(j.desc(xn_pre), j.desc(x_pre1)) < j.calib["strangers_dist_p5"]
+    keep = same.nonzero().flatten()[:n_neighbors]
+    w_n, xn_pre = w_n[keep], xn_pre[keep]
+    xn_un = infer(w_n) if len(w_n) else xn_pre
 
-        # Preservation over random latents.
-        w_r = G_s.latents_for_seeds(range(PRESERVE_SEED0, PRESERVE_SEED0 + n_preserve))
-        xr_pre, xr_un = in_batches(G_s.synthesize, w_r), in_batches(infer, w_r)
-        dr_pre, dr_un = _descriptors(identity_net, xr_pre), _descriptors(identity_net, xr_un)
-        r_cos, _ = _sims(dr_pre, dr_un, mean_emb)
-        r_dist = identity_net.distance(dr_pre, dr_un)
+    # Preservation over random latents.
+    w_r = G_s.latents_for_seeds(range(PRESERVE_SEED0, PRESERVE_SEED0 + n_preserve))
+    xr_pre, xr_un = in_batches(G_s.synthesize, w_r), in_batches(infer, w_r)
 
-    forgotten = id_dist >= med
-    kept = (r_dist < p5).float().mean().item()
+    t, jd = (_column(j, x_pre, x_un, xn_pre, xn_un, xr_pre, xr_un) for j in (train, judge))
+    kept = (t["kept"] & jd["kept"]).float().mean().item()
+    forgotten_level = bool(jd["forgotten"] and kept >= MIN_KEPT)
     report = {
-        "identity_network": identity_net.name,
-        "calibration": {k: v for k, v in calib.items() if k != "mean_embedding"},
-        "identity": {"id_sim": cos.item(), "id_sim_centred": cos_c.item(), "id_dist": id_dist, "forgotten": forgotten,
+        "identity_network": train.name,
+        "calibration": {k: v for k, v in train.calib.items() if k not in ("mean_embedding", "quantiles")},
+        "training_network": {"name": train.name, "distance": train.net.distance_name, "strangers": strangers(train.calib)},
+        "judge": {"name": judge.name, "distance": judge.net.distance_name, "strangers": strangers(judge.calib)},
+        # identity: the training network's figures under the original names, the judge's as judge_*;
+        # `forgotten` is the verdict at w_u, which the judge gives
+        "identity": {"id_sim": t["id_sim"], "id_sim_centred": t["id_sim_centred"], "id_dist": t["id_dist"],
+                     "forgotten": bool(jd["forgotten"]), "train_forgotten": bool(t["forgotten"]),
+                     "judge_id_dist": jd["id_dist"], "judge_id_sim": jd["id_sim"],
                      "id_views": len(views) if views else 1,
-                     "neighbors_id_sim": n_cos.mean().item() if len(w_n) else None,
-                     "neighbors_forgotten_frac": (n_dist >= med).float().mean().item() if len(w_n) else None,
+                     "neighbors_id_sim": t["neighbors_id_sim"],
+                     "neighbors_forgotten_frac": t["neighbors_forgotten_frac"],
+                     "judge_neighbors_forgotten_frac": jd["neighbors_forgotten_frac"],
                      "neighbors_k": len(w_n), "neighbors_radius": NEIGHBOR_RADIUS_REL * r},
-        "preservation": {"n": n_preserve, "id_sim_mean": r_cos.mean().item(), "same_person_frac": kept,
+        "preservation": {"n": n_preserve, "same_person_frac": kept,
+                         "train_same_person_frac": t["kept"].float().mean().item(),
+                         "judge_same_person_frac": jd["kept"].float().mean().item(),
+                         "id_sim_mean": t["id_sim_mean"], "judge_id_sim_mean": jd["id_sim_mean"],
                          "pixel_l1": (xr_pre - xr_un).abs().mean().item(),
-                         "fd_embedding": frechet_distance(F.normalize(dr_pre, dim=1), F.normalize(dr_un, dim=1))},
-        "thresholds": {"forgotten_if_id_dist_at_least": med, "kept_if_dist_below": p5, "min_same_person_frac": 0.95},
+                         "fd_embedding": t["fd_embedding"], "judge_fd_embedding": jd["fd_embedding"]},
+        "thresholds": {"forgotten_if_id_dist_at_least": train.calib["strangers_dist_median"],
+                       "kept_if_dist_below": train.calib["strangers_dist_p5"],
+                       "judge_forgotten_if_id_dist_at_least": judge.calib["strangers_dist_median"],
+                       "judge_kept_if_dist_below": judge.calib["strangers_dist_p5"],
+                       "robust_if_attack_dist_at_least": {"train": train.calib["strangers_dist_p1"],
+                                                          "judge": judge.calib["strangers_dist_p1"]},
+                       "min_same_person_frac": MIN_KEPT},
+        "levels": {"forgotten": forgotten_level,
+                   "robust": None if attack is None else bool(forgotten_level and attack["figures"]["robust"])},
     }
-    if reinversion is not None:
-        report["identity"].update(reinversion(x_pre, d_pre))
-    report["passed"] = bool(forgotten and kept >= 0.95)
+    if attack is not None:
+        report["attack"] = attack["figures"]
+        report["identity"].update(attack["legacy"])
     k = min(4, len(w_n))
-    images = {"pre": torch.cat([x_pre, xn_pre[:k], xr_pre[:4]]), "un": torch.cat([x_un, xn_un[:k], xr_un[:4]]),
-              "sims": [cos.item(), *n_cos[:k].tolist(), *r_cos[:4].tolist()]}
+    cos = [float(v) for v in _sims(train.desc(torch.cat([x_pre1, xn_pre[:k], xr_pre[:4]])),
+                                   train.desc(torch.cat([x_un1, xn_un[:k], xr_un[:4]])),
+                                   torch.tensor(train.calib["mean_embedding"]))[0]]
+    images = {"pre": torch.cat([x_pre1, xn_pre[:k], xr_pre[:4]]), "un": torch.cat([x_un1, xn_un[:k], xr_un[:4]]),
+              "sims": cos, "x_pre": x_pre1, "x_un": x_un1}
     return report, images
 
 
-def reinversion_attack(G_s, G_u, identity_net, steps: int = 100, starts: int = 3):
-    """Invert the pretrained image of w_u into the unlearned generator from several starts; the best
-    identity similarity reached, and the same attack on the pretrained generator as the reference."""
-    from guide_engine.guide.invert import invert
+@torch.no_grad()
+def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, cfg, target: str,
+                   progress: bool = False) -> dict:
+    """Run the re-inversion attacker (guide/attack.py, training network only) on the unlearned generator
+    and, as the reference, on the pretrained one; grade what it finds with both networks against the photo.
+    => {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images": ...}."""
+    from guide_engine.guide.attack import reinvert
 
-    def attack(x_pre: torch.Tensor, d_pre: torch.Tensor) -> dict:
-        out = {}
-        for key, G in (("reinversion_id_sim", G_u), ("reinversion_id_sim_pretrained", G_s)):
-            best = -1.0
-            for s in range(starts):
-                w, _ = invert(G, identity_net, x_pre, steps=steps, seed=100 + s, progress=False)
-                with torch.no_grad():
-                    best = max(best, F.cosine_similarity(identity_net.descriptors(G.synthesize(w)), d_pre).item())
-            out[key] = best
-        out["reinversion_starts"], out["reinversion_steps"] = starts, steps
-        return out
+    with torch.enable_grad():
+        lat_u = reinvert(G_u, train.net, photo, cfg, progress, "attack on the unlearned generator")
+        lat_s = reinvert(G_s, train.net, photo, cfg, progress, "attack on the pretrained generator")
+    x_u, x_s = G_u.synthesize(lat_u).cpu(), G_s.synthesize(lat_s).cpu()
+    photo = photo.cpu()
+    fig, best = {}, {}
+    for key, j in (("train", train), ("judge", judge)):
+        ref = j.desc(photo)
+        d_u, d_s = j.dist(j.desc(x_u), ref), j.dist(j.desc(x_s), ref)
+        fig[f"{key}_best"], fig[f"{key}_pretrained"] = d_u.min().item(), d_s.min().item()
+        fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d_u.min().item())
+        fig[f"{key}_robust"] = d_u.min().item() >= j.calib["strangers_dist_p1"]
+        best[key] = (int(d_u.argmin()), int(d_s.argmin()))
+    fig.update({"robust": bool(fig["train_robust"] and fig["judge_robust"]), "starts": cfg.starts,
+                "steps": cfg.steps, "target": target, "network": train.name})
+    # The old keys: the training network's raw cosine at its own best face.
+    ref = train.desc(photo)
+    iu, is_ = best["train"]
+    legacy = {"reinversion_id_sim": F.cosine_similarity(train.desc(x_u[iu:iu + 1]), ref).item(),
+              "reinversion_id_sim_pretrained": F.cosine_similarity(train.desc(x_s[is_:is_ + 1]), ref).item(),
+              "reinversion_starts": cfg.starts, "reinversion_steps": cfg.steps}
+    ju, js = best["judge"]
+    return {"figures": fig, "legacy": legacy, "images": {"photo": photo, "unlearned": x_u[ju:ju + 1], "pretrained": x_s[js:js + 1]}}
 
-    return attack
 
-
-def collapse_sim(G_s, identity_net, targets: list[torch.Tensor]) -> float:
+def collapse_sim(G_s, net, targets: list[torch.Tensor]) -> float:
     """Mean identity similarity between the target images of several identities (UFO collapse)."""
     with torch.no_grad():
-        e = F.normalize(_descriptors(identity_net, G_s.synthesize(torch.cat(targets))), dim=1)
+        e = F.normalize(_descriptors(net, G_s.synthesize(torch.cat(targets))), dim=1)
     sim = e @ e.T
     n = len(targets)
     return ((sim.sum() - n) / (n * (n - 1))).item()

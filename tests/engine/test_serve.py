@@ -19,8 +19,10 @@ def run_dir(tiny_run_factory):
     return tiny_run_factory(0)
 
 
-def _mark_verified(run_dir, passed=True):
-    (run_dir / "report.json").write_text(json.dumps({"passed": passed, "thresholds": {"kept_if_dist_below": 0.437}}))
+def _mark_verified(run_dir, passed=True, required="forgotten"):
+    levels = {"forgotten": passed or required == "robust", "robust": passed and required == "robust"}
+    (run_dir / "report.json").write_text(json.dumps({"passed": passed, "required": required, "levels": levels,
+                                                     "judge": {"name": "sface-2021dec"}}))
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,9 @@ def test_refuses_unverified(run_dir):
     _mark_verified(run_dir, passed=False)
     with pytest.raises(GuideEngineError, match="failed verification"):
         create_app(run_dir, ServeConfig())
+    _mark_verified(run_dir, passed=False, required="robust")  # forgotten, but the attack found the person
+    with pytest.raises(GuideEngineError, match=r"failed verification \(required level: robust\)"):
+        create_app(run_dir, ServeConfig())
     create_app(run_dir, ServeConfig(allow_unverified=True))
     _mark_verified(run_dir)
 
@@ -45,6 +50,8 @@ def test_health_model_and_generate(client, generator, run_dir):
     assert client.get("/readyz").json()["status"] == "ready"
     info = client.get("/v1/model").json()
     assert len(info["unlearned_identities"]) == 1 and info["verification"]["passed"] is True
+    assert info["verification"]["levels"] == {"forgotten": True, "robust": False}
+    assert info["verification"]["required"] == "forgotten"
     r = client.post("/v1/generate", json={"seeds": [3]})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
     r = client.post("/v1/generate", json={"seeds": [3, 4]})
@@ -75,7 +82,8 @@ def test_bad_requests(client, body, status, msg):
 
 
 def test_guard_withholds_the_unlearned_identity(run_dir):
-    # a 2-iteration run has not forgotten seed 0: the guard must catch it, and let others through
+    # a 2-iteration run has not forgotten seed 0: the guard (the judge, below strangers' p1) must catch it,
+    # and let others through
     app = create_app(run_dir, ServeConfig(guard=True))
     c = TestClient(app)
     assert c.post("/v1/generate", json={"seeds": [0]}).status_code == 451

@@ -1,4 +1,4 @@
-"""verify: metrics on constructed cases, exit codes, JSON output, the report on a tiny run."""
+"""verify: metrics on constructed cases, the attack, the verdict levels, exit codes, the report on a tiny run."""
 import json
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
+from guide_engine.engine.models import zoo
 from guide_engine.guide import metrics
 from guide_engine.guide.job import state_sha256
 
@@ -15,9 +16,21 @@ def calib(generator, identity):
     return metrics.calibrate(generator, identity, state_sha256(generator))
 
 
-def test_calibration_is_sane(calib):
-    assert 0 < calib["strangers_dist_p5"] < calib["strangers_dist_median"]
+@pytest.fixture(scope="module")
+def nets(generator, identity, calib):
+    """(training network, judge), each with its calibration on the generator."""
+    judge = zoo.load_judge()
+    return metrics.Judged(identity, calib), metrics.Judged(judge, metrics.calibrate(generator, judge, state_sha256(generator)))
+
+
+def test_calibration_is_sane(calib, nets):
+    assert 0 < calib["strangers_dist_p0.1"] < calib["strangers_dist_p1"] < calib["strangers_dist_p5"] < calib["strangers_dist_median"]
     assert calib["pairs"] == 200 * 200 and calib["network_threshold"] == 0.6
+    j = nets[1].calib  # the judge's own distance, 1 - cos
+    assert j["identity_network"] == "sface-2021dec" and j["network_threshold"] is None
+    assert 0.45 < j["strangers_dist_p0.1"] < j["strangers_dist_p1"] < j["strangers_dist_p5"] < j["strangers_dist_median"] < 0.9
+    assert metrics.strangers_closer_than(j, j["strangers_dist_p1"]) == pytest.approx(0.01, abs=1e-3)
+    assert metrics.strangers_closer_than(j, 0.0) == 0.0 and metrics.strangers_closer_than(j, 2.0) == 1.0
 
 
 def test_calibration_uses_the_networks_own_distance(generator, identity, tmp_path, monkeypatch):
@@ -27,7 +40,7 @@ def test_calibration_uses_the_networks_own_distance(generator, identity, tmp_pat
     monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path))
 
     class CosineNet:
-        name, threshold = "cosine-dlib", None
+        name, threshold, distance_name = "cosine-dlib", None, "1 - cos"
         descriptors = staticmethod(identity.descriptors)
 
         @staticmethod
@@ -39,21 +52,23 @@ def test_calibration_uses_the_networks_own_distance(generator, identity, tmp_pat
     assert c["strangers_dist_median"] < 0.3 and c["strangers_frac_under_network_threshold"] is None
 
 
-def test_identical_generator_is_not_forgotten(generator, identity, calib):
+def test_identical_generator_is_not_forgotten(generator, nets):
     w_u = generator.latents_for_seeds([4])
-    report, _ = metrics.evaluate(generator, generator.synthesize, identity, w_u, calib, 10.0, n_preserve=32)
+    report, _ = metrics.evaluate(generator, generator.synthesize, *nets, w_u, 10.0, n_preserve=32)
     assert report["identity"]["id_sim"] == pytest.approx(1.0, abs=1e-5)
+    assert report["identity"]["judge_id_dist"] == pytest.approx(0.0, abs=1e-5)
     assert report["preservation"]["fd_embedding"] == pytest.approx(0.0, abs=1e-6)
     assert report["preservation"]["same_person_frac"] == 1.0
-    assert not report["identity"]["forgotten"] and not report["passed"]
+    assert not report["identity"]["forgotten"] and report["levels"] == {"forgotten": False, "robust": None}
 
 
-def test_swapped_identity_is_flagged_forgotten(generator, identity, calib):
+def test_swapped_identity_is_flagged_forgotten(generator, nets):
     w_u = generator.latents_for_seeds([4])
     cands = generator.latents_for_seeds(range(5, 40))
-    with torch.no_grad():  # another identity: the stranger farthest from w_u
-        d = identity.descriptors(generator.synthesize(torch.cat([w_u, cands])))
-    other = cands[(d[1:] - d[:1]).norm(dim=1).argmax()][None]
+    judge = nets[1]
+    with torch.no_grad():  # another identity: the stranger farthest from w_u, to the judge
+        d = judge.desc(generator.synthesize(torch.cat([w_u, cands])))
+    other = cands[judge.dist(d[1:], d[:1]).argmax()][None]
 
     def infer(w):  # replaces exactly w_u's image with another identity's, keeps the rest
         out = generator.synthesize(w)
@@ -61,9 +76,9 @@ def test_swapped_identity_is_flagged_forgotten(generator, identity, calib):
         out[hit] = generator.synthesize(other)
         return out
 
-    report, _ = metrics.evaluate(generator, infer, identity, w_u, calib, 10.0, n_preserve=32)
-    assert report["identity"]["forgotten"] and report["identity"]["id_dist"] > calib["strangers_dist_median"]
-    assert report["preservation"]["same_person_frac"] == 1.0 and report["passed"]
+    report, _ = metrics.evaluate(generator, infer, *nets, w_u, 10.0, n_preserve=32)
+    assert report["identity"]["forgotten"] and report["identity"]["judge_id_dist"] > nets[1].calib["strangers_dist_median"]
+    assert report["preservation"]["same_person_frac"] == 1.0 and report["levels"]["forgotten"]
 
 
 def test_frechet_distance():
@@ -86,8 +101,63 @@ def test_verify_tiny_run_fails_with_exit_1_and_json(tiny_run):
     assert (tiny_run / "report.json").is_file() and (tiny_run / "report.png").is_file()
 
 
-def test_verify_usage_errors(tmp_path):
+
+
+def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
+    r = CliRunner().invoke(main, ["verify", str(tiny_run), "--n-preserve", "16", "--attack-starts", "2",
+                                  "--attack-steps", "3", "--json"])
+    assert r.exit_code == 1, r.output  # 2 iterations forget no one
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["identity_network"] == "dlib-resnet-v1" and report["judge"]["name"] == "sface-2021dec"
+    assert set(report["judge"]["strangers"]) == {"p0.1", "p1", "p5", "p50"}
+    i, p, a = report["identity"], report["preservation"], report["attack"]
+    assert i["judge_id_dist"] < report["judge"]["strangers"]["p5"] and i["id_dist"] < report["calibration"]["strangers_dist_p5"]
+    assert {"train_same_person_frac", "judge_same_person_frac", "same_person_frac"} <= set(p)
+    assert p["same_person_frac"] <= min(p["train_same_person_frac"], p["judge_same_person_frac"])
+    assert {"judge_best", "train_best", "judge_pretrained", "train_pretrained", "starts", "steps", "robust"} <= set(a)
+    assert (a["starts"], a["steps"]) == (2, 3) and a["target"].startswith("pretrained image of w_u")
+    assert a["robust"] == (a["judge_best"] >= report["judge"]["strangers"]["p1"]
+                           and a["train_best"] >= report["training_network"]["strangers"]["p1"])
+    assert report["levels"] == {"forgotten": False, "robust": False} and report["required"] == "forgotten"
+    assert "reinversion_id_sim" in i  # the old keys stay
+    from PIL import Image
+
+    assert Image.open(tiny_run / "report.png").size[1] > 2 * 2 * 64  # the attack row and the verdict above the grid
+    r = CliRunner().invoke(main, ["verify", str(tiny_run), "--n-preserve", "16", "--attack-starts", "1",
+                                  "--attack-steps", "1", "--require", "robust"])
+    assert r.exit_code == 1 and "required level: robust" in r.output
+    assert "forgotten: NO" in r.output and "robust to re-inversion: " in r.output and "(judge)" in r.output
+
+
+def test_verify_usage_errors(tmp_path, tiny_run):
     r = CliRunner().invoke(main, ["verify", str(tmp_path)])
     assert r.exit_code == 2 and "not an unlearn run directory" in r.output
     r = CliRunner().invoke(main, ["verify", str(tmp_path), "--backend", "onnxruntime"])
     assert r.exit_code == 2 and "export" in r.output
+    r = CliRunner().invoke(main, ["verify", str(tiny_run), "--require", "robust", "--no-reinversion"])
+    assert r.exit_code == 2 and "--require robust needs the re-inversion attack" in r.output
+    r = CliRunner().invoke(main, ["verify", str(tiny_run), "--judge", "nope"])
+    assert r.exit_code == 2 and "unknown judge" in r.output
+    photo = tmp_path / "p.png"
+    photo.write_bytes(b"not read")
+    r = CliRunner().invoke(main, ["verify", str(tiny_run), "--image", str(photo)])
+    assert r.exit_code == 2 and "not a photo" in r.output
+
+
+def test_attacker_gets_the_runs_own_photo(generator, tmp_path):
+    from guide_engine.engine.images import save_png
+
+    with torch.no_grad():
+        for name, seed in (("p.png", 21), ("other.png", 22)):
+            save_png(generator.synthesize(generator.latents_for_seeds([seed])), tmp_path / name)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["unlearn", "--image", str(tmp_path / "p.png"), "--out", str(run), "--iters", "1",
+                                  "--invert-steps", "2", "--target-search", "0"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["verify", str(run), "--image", str(tmp_path / "other.png")])
+    assert r.exit_code == 2 and "is not the photo this run forgot" in r.output
+    args = ["verify", str(run), "--n-preserve", "4", "--attack-starts", "1", "--attack-steps", "1"]
+    CliRunner().invoke(main, [*args, "--image", str(tmp_path / "p.png")])
+    assert json.loads((run / "report.json").read_text())["attack"]["target"] == "the run's photo"
+    CliRunner().invoke(main, args)
+    assert "was not given" in json.loads((run / "report.json").read_text())["attack"]["target"]
