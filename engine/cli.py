@@ -129,11 +129,15 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--micro-batch", type=int, default=0, show_default=True,
               help="Latents per forward/backward, gradients accumulated (same result, less memory); 0 = all 5.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
+@click.option("--robust", is_flag=True,
+              help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
 def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, target_distance, target_distance_rel, alpha_max_rel, losses,
-            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume) -> None:
+            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume,
+            robust) -> None:
     """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
     from guide_engine.engine.sampling import default_device
     from guide_engine.guide.job import unlearn_job
+    from guide_engine.guide.robust import RobustConfig
 
     run = unlearn_job(Path(out), image=image, seed=seed, iters=iters, lr=lr, target=target,
                       target_search=target_search, target_angle=target_angle,
@@ -141,7 +145,7 @@ def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, ta
                       alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
                       device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,
                       checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
-                      resume=resume)
+                      resume=resume, robust=RobustConfig() if robust else None)
     click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
 
 

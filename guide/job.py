@@ -24,6 +24,7 @@ from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
                                        search_ufo_target, typical_radius, ufo_target)
+from guide_engine.guide.robust import RobustConfig
 from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
@@ -47,12 +48,13 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
                 identity: str = "dlib-resnet-v1", lpips_vgg: str | None = None, device: str = "cpu",
                 run_seed: int = 0, invert_steps: int = 300,
                 checkpoint_every: int = 100, reference_loop: bool = False, micro_batch: int = 0, resume: bool = False,
-                progress: bool = True, stop_after: int | None = None) -> Path:
+                robust: RobustConfig | None = None, progress: bool = True, stop_after: int | None = None) -> Path:
     if (image is None) == (seed is None):
         raise GuideEngineError("give exactly one of --image PATH or --seed N")
     loss_names = tuple(s.strip() for s in losses.split(",") if s.strip())
     # Validate everything cheap before any file is written.
-    UnlearnConfig(iters=iters, lr=lr, losses=loss_names, micro_batch=micro_batch).validate()
+    UnlearnConfig(iters=iters, lr=lr, losses=loss_names, micro_batch=micro_batch, reference_loop=reference_loop,
+                  robust=robust).validate()
     if target_search < 0 or not 0 <= target_angle <= 90:
         raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
     out = Path(out)
@@ -97,17 +99,23 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
     else:
         w_t = ufo_target(w_u, w_avg, d, target)
         search = {"target_id_dist": identity_distances(G_s, id_net, w_u, w_t).item()}
+    if robust is not None and robust.margin is None:  # a quantile of the strangers' training-network distance
+        from guide_engine.guide.metrics import calibrate, quantile
+
+        calib = calibrate(G_s, id_net, state_sha256(G_s))
+        robust = dataclasses.replace(robust, margin=quantile(calib, robust.margin_quantile))
     cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
                         alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,
                         target_angle=target_angle, losses=loss_names, seed=run_seed, device=device,
                         checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
-                        perceptual=perceptual_name)
+                        perceptual=perceptual_name, robust=robust)
     partial.mkdir(parents=True, exist_ok=True)
     zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
     t1 = time.perf_counter()
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=resume,
-                                  progress=progress, stop_after=stop_after, perceptual=perceptual)
+                                  progress=progress, stop_after=stop_after, perceptual=perceptual,
+                                  photo=None if photo is None else photo.to(device))
     t_unlearn = time.perf_counter() - t1
     if stop_after is not None and stop_after < iters:
         return partial  # interrupted on purpose (tests): resumable

@@ -71,6 +71,12 @@ def strangers(calib: dict) -> dict:
             "p50": calib["strangers_dist_median"]}
 
 
+def quantile(calib: dict, q: float) -> float:
+    """The strangers' distance at quantile q in [0, 1] (interpolated between the stored 0.1% steps)."""
+    qs = np.asarray(calib["quantiles"])
+    return float(np.interp(q, np.linspace(0, 1, len(qs)), qs))
+
+
 def strangers_closer_than(calib: dict, dist: float) -> float:
     """Fraction of stranger pairs that lie closer than `dist` (0.002 => "farther than 99.8% of strangers are")."""
     q = np.asarray(calib["quantiles"])

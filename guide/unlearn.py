@@ -21,6 +21,7 @@ import torch
 
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.losses import Terms, guide_loss, pair_terms
+from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
 
 ALL_LOSSES = ("local", "adj", "glob")
@@ -50,6 +51,7 @@ class UnlearnConfig:
     micro_batch: int = 0  # > 0: latents per forward/backward, gradients accumulated (same gradient, less memory)
     perceptual: str = ""
     kernels: str = "auto"
+    robust: RobustConfig | None = None  # attack-aware unlearning (guide/robust.py); None = GUIDE alone
 
     def validate(self) -> None:
         if self.iters < 1:
@@ -61,6 +63,11 @@ class UnlearnConfig:
             raise GuideEngineError(f"--losses {','.join(self.losses)}: choose from local,adj,glob")
         if self.micro_batch < 0:
             raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
+        if self.robust is not None:
+            self.robust.validate()
+            if self.reference_loop:
+                raise GuideEngineError("--robust with --reference-loop: refused; the reference loop reproduces the "
+                                       "official code's structure for timing, and the official code has no attacker")
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int):
@@ -112,18 +119,22 @@ def step_reference(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfi
     return guide_loss(terms, 1 + cfg.n_adj, cfg.losses)
 
 
-def _save_checkpoint(path: Path, G_u, opt, it: int) -> None:
+def _save_checkpoint(path: Path, G_u, opt, it: int, attacker: Attacker | None) -> None:
     from guide_engine.engine.models.zoo import atomic_write
 
-    atomic_write(path, lambda tmp: torch.save({"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict()}, tmp))
+    state = {"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict()}
+    if attacker is not None:
+        state["attacker"] = attacker.state_dict()
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg: UnlearnConfig,
                    checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
-                   stop_after: int | None = None, perceptual=None):
+                   stop_after: int | None = None, perceptual=None, photo: torch.Tensor | None = None):
     """=> (G_u, history). G_s stays frozen; a copy of it is fine-tuned. With `checkpoint`, the state is
     saved every cfg.checkpoint_every iterations; `resume` continues from it. `perceptual`: a module
-    (x_a, x_b) => (N,) such as LPIPS-VGG; None = the LPIPS-style distance on identity features."""
+    (x_a, x_b) => (N,) such as LPIPS-VGG; None = the LPIPS-style distance on identity features.
+    `photo`: what the robust mode's attacker inverts (None: the pretrained image of w_u)."""
     cfg.validate()
     G_s.eval()
     for p in G_s.parameters():
@@ -134,6 +145,12 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    attacker = None
+    if cfg.robust is not None:
+        if photo is None:
+            with torch.no_grad():
+                photo = G_s.synthesize(w_u)
+        attacker = Attacker(G_s, identity_net, photo.to(w_u.device), cfg.robust, cfg.seed)
     start = 0
     if resume:
         if checkpoint is None or not checkpoint.is_file():
@@ -141,6 +158,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         state = torch.load(checkpoint, map_location=cfg.device, weights_only=True)
         G_u.load_state_dict(state["G_u"])
         opt.load_state_dict(state["opt"])
+        if attacker is not None:
+            attacker.load_state_dict(state["attacker"])
         start = state["iter"]
     step = step_reference if cfg.reference_loop else step_batched
     history, t0 = [], time.perf_counter()
@@ -153,20 +172,28 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
         with torch.random.fork_rng(devices=[w_u.device] if w_u.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 1_000_003 + it)
+            if attacker is not None:
+                attacker.advance(G_u, it)  # the attacker moves first, against the current G_u
             if cfg.micro_batch and not cfg.reference_loop:
                 losses = backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
             else:
                 losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
                 losses["total"].backward()
+            if attacker is not None:
+                found = attacker.loss(G_u, G_s, it)
+                found["robust"].backward()  # gradients add up: the total loss is GUIDE's plus this
+                losses["total"] = losses["total"].detach() + found["robust"].detach()
+                losses.update(robust=found["robust"].detach(), attack_dist=found["attack_dist"])
         opt.step()
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):
-            _save_checkpoint(checkpoint, G_u, opt, it + 1)
+            _save_checkpoint(checkpoint, G_u, opt, it + 1, attacker)
         if progress and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
             rate = (time.perf_counter() - t0) / len(history)
+            robust = f" robust {h['robust']:.4f} attack {h['attack_dist']:.3f}" if attacker is not None else ""
             print(f"\runlearn {it + 1}/{cfg.iters} total {h['total']:.4f} local {h['local']:.4f} adj {h['adj']:.4f} "
-                  f"glob {h['glob']:.4f} ({rate:.3f} s/it)", end="", file=sys.stderr)
+                  f"glob {h['glob']:.4f}{robust} ({rate:.3f} s/it)", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
     for p in params:

@@ -1,0 +1,128 @@
+"""Attack-aware unlearning (`unlearn --robust`): forget the person everywhere an attacker can reach.
+
+GUIDE changes the generator around one latent, w_u. An attacker who inverts the photo again into the
+unlearned generator lands elsewhere (13-16 away from w_u on the DCGAN, r = 10), where the generator
+still draws the person. So the robust mode puts that attacker inside the loop, as AdvUnlearn does for
+diffusion models:
+
+- **The attacker**: a persistent pool of `pool` latents, moved every iteration by `steps` steps of the
+  engine's own inversion (guide/invert.py: pixel MSE + perceptual + identity distance to the photo,
+  training network only, never the judge) through the current G_u. Every `reseed_every` iterations the
+  member that is farthest from the person is drawn again from the prior, so the pool keeps exploring.
+- **The loss on what it finds** (added to GUIDE's three losses): the attacker's faces are pushed past a
+  margin of the training network's distance to the photo (a hinge, zero once they are past it), while
+  changing as little as possible: a perceptual term toward G_s at the same latents.
+
+The margin is a quantile of the strangers' distances under the training network, calibrated on the base
+generator (guide/metrics.py), so it means the same for dlib and for ArcFace.
+Randomness: the re-seeded latents come from torch.Generator(seed * 1_000_003 + iteration + RESEED_OFFSET);
+the pool and its optimiser state live in the checkpoint, so resumed runs repeat bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from guide_engine.guide.invert import inversion_loss
+from guide_engine.guide.losses import feature_distance, pair_terms
+
+RESEED_OFFSET = 500_009  # keeps the attacker's random numbers apart from the loop's own per-iteration draws
+PRESERVE_OFFSET = 700_001  # ... and the extra preservation latents' too
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    pool: int = 4  # attacker latents
+    steps: int = 2  # inversion steps of the pool per iteration
+    lr: float = 0.05  # the attacker's step size (the inversion's)
+    reseed_every: int = 50  # iterations between re-seeding one pool member from the prior
+    reseed: str = "farthest"  # which member: farthest (from the person) | oldest (round robin: each lives pool * reseed_every)
+    margin_quantile: float = 0.5  # the hinge's margin: this quantile of the strangers' training-network distance
+    margin: float | None = None  # absolute; None = resolved from margin_quantile by the job (recorded in config.json)
+    weight: float = 10.0  # of the hinge
+    anchor: float = 1.0  # of the perceptual term toward G_s at the attacker's latents
+    preserve: int = 0  # extra random latents per iteration kept at G_s (full pair terms: MSE + perceptual + identity)
+
+    def validate(self) -> None:
+        from guide_engine.engine.errors import GuideEngineError
+
+        if self.pool < 1 or self.steps < 0 or self.reseed_every < 1:
+            raise GuideEngineError("robust mode: pool >= 1, steps >= 0 and reseed_every >= 1")
+        if self.reseed not in ("farthest", "oldest"):
+            raise GuideEngineError(f"robust reseed {self.reseed!r}: farthest or oldest")
+        if not 0 < self.margin_quantile < 1:
+            raise GuideEngineError(f"robust margin quantile {self.margin_quantile}: must lie in (0, 1)")
+
+
+class Attacker:
+    """The pool of attacker latents and its optimiser. `photo` (1, 3, H, W) is what the attacker holds."""
+
+    def __init__(self, G_s, identity_net, photo: torch.Tensor, cfg: RobustConfig, seed: int):
+        if cfg.margin is None:
+            from guide_engine.engine.errors import GuideEngineError
+
+            raise GuideEngineError("robust mode: the margin is not resolved; guide.job.unlearn_job sets it from the "
+                                   "training network's calibration, or give RobustConfig(margin=...)")
+        self.net, self.cfg, self.seed = identity_net, cfg, seed
+        self.photo = photo
+        with torch.no_grad():
+            self.feats_x, self.desc_x = identity_net.features(photo)
+        self.sample = G_s.sample_latents
+        w0 = G_s.sample_latents(cfg.pool, torch.Generator().manual_seed(seed * 1_000_003 + RESEED_OFFSET - 1))
+        self.w = w0.detach().clone().requires_grad_(True)
+        self.opt = torch.optim.Adam([self.w], lr=cfg.lr)
+
+    def advance(self, G_u, it: int) -> None:
+        """`steps` inversion steps of the pool through the current G_u (gradients to the pool only), and every
+        `reseed_every` iterations the member farthest from the person drawn again from the prior."""
+        for _ in range(self.cfg.steps):
+            loss, _ = inversion_loss(G_u, self.net, self.w, self.photo, self.feats_x, self.desc_x)
+            (self.w.grad,) = torch.autograd.grad(loss.sum(), [self.w])
+            self.opt.step()
+        if (it + 1) % self.cfg.reseed_every == 0:
+            with torch.no_grad():
+                if self.cfg.reseed == "oldest":
+                    k = ((it + 1) // self.cfg.reseed_every - 1) % self.cfg.pool
+                else:
+                    k = int(self.distance(G_u.synthesize(self.w)).argmax())
+                rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + RESEED_OFFSET)
+                self.w[k] = self.sample(1, rng)[0]
+                for state in self.opt.state.values():  # the new member starts with a fresh Adam state
+                    state["exp_avg"][k].zero_()
+                    state["exp_avg_sq"][k].zero_()
+
+    def distance(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) => (M,) the training network's distance of each face to the photo."""
+        desc = self.net.descriptors(images)
+        return self.net.distance(desc, self.desc_x.expand_as(desc))
+
+    def loss(self, G_u, G_s, it: int) -> dict[str, torch.Tensor]:
+        """The loss on what the attacker found: hinge past the margin + anchor toward G_s at the same latents,
+        plus `preserve` extra random latents kept at G_s."""
+        m = self.cfg.pool
+        w = self.w.detach()
+        if self.cfg.preserve:
+            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + PRESERVE_OFFSET)
+            w = torch.cat([w, self.sample(self.cfg.preserve, rng)])
+        x_u = G_u.synthesize(w)
+        feats_u, desc_u = self.net.features(x_u)
+        with torch.no_grad():
+            x_s = G_s.synthesize(w)
+            feats_s, desc_s = self.net.features(x_s)
+        dist = self.net.distance(desc_u[:m], self.desc_x.expand(m, -1))
+        p = feature_distance(feats_u, feats_s)
+        total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum() + self.cfg.anchor * p[:m].sum()
+        if self.cfg.preserve:
+            kept = pair_terms(self.net, x_u[m:], x_s[m:], x_u[m:], x_s[m:]).pair()
+            total = total + kept.sum()
+        return {"robust": total, "attack_dist": dist.min().detach()}
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.detach().clone(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+        self.opt.load_state_dict(state["opt"])

@@ -1,0 +1,79 @@
+"""Attack-aware unlearning: the attacker finds the person, the loss on what it finds, resume bit for bit
+with the attacker's state, the refusal with the reference loop, the CLI end to end."""
+import copy
+import dataclasses
+import json
+
+import torch
+from click.testing import CliRunner
+
+from guide_engine.engine.cli import main
+from guide_engine.guide.robust import Attacker, RobustConfig
+from guide_engine.guide.target import ufo_target
+from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+
+SEED = 31  # an identity no other test forgets
+
+
+def _photo(generator):
+    with torch.no_grad():
+        return generator.synthesize(generator.latents_for_seeds([SEED]))
+
+
+def test_pool_moves_toward_the_person(generator, identity):
+    """On the pretrained generator the attacker's faces get closer to the photo, step after step."""
+    cfg = RobustConfig(pool=3, steps=10, reseed_every=10**6, margin=0.6)
+    attacker = Attacker(generator, identity, _photo(generator), cfg, seed=0)
+    dists = []
+    for it in range(4):
+        with torch.no_grad():
+            dists.append(attacker.distance(generator.synthesize(attacker.w)).min().item())
+        attacker.advance(generator, it)
+    assert all(a > b for a, b in zip(dists, dists[1:])), dists
+    assert all(p.grad is None for p in generator.parameters())  # the attacker moves its latents only
+
+
+def test_loss_is_zero_past_the_margin(generator, identity):
+    """With the pool's faces past the margin and G_u = G_s (nothing to anchor), the loss and its gradient vanish;
+    below the margin the hinge pulls."""
+    G_u = copy.deepcopy(generator)
+    for p in G_u.parameters():
+        p.requires_grad_(True)
+    photo = _photo(generator)
+    attacker = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=0.0), seed=0)
+    with torch.no_grad():
+        assert (attacker.distance(generator.synthesize(attacker.w)) > 0).all()
+    found = attacker.loss(G_u, generator, 0)
+    assert found["robust"].item() == 0.0
+    found["robust"].backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in G_u.parameters())
+    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0), seed=0).loss(G_u, generator, 0)
+    assert pulled["robust"].item() > 0
+
+
+def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
+    w_u = generator.latents_for_seeds([SEED])
+    w_t = ufo_target(w_u, generator.average_latent(), 10.0)
+    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6)  # re-seeds before and after the checkpoint
+    cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
+    a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
+    ck = tmp_path / "ck.pt"
+    run_unlearning(generator, identity, w_u, w_t, cfg, checkpoint=ck, progress=False, stop_after=3)
+    b, _ = run_unlearning(generator, identity, w_u, w_t, cfg, checkpoint=ck, resume=True, progress=False)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert "robust" in hist[0] and "attack_dist" in hist[0]
+    plain, _ = run_unlearning(generator, identity, w_u, w_t, dataclasses.replace(cfg, robust=None), progress=False)
+    assert any(not torch.equal(v, plain.state_dict()[k]) for k, v in a.state_dict().items())  # the attacker counted
+
+
+def test_cli_robust_and_its_refusal(tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["unlearn", "--seed", str(SEED), "--out", str(out), "--iters", "2", "--robust",
+                                  "--reference-loop"])
+    assert r.exit_code == 2 and "--robust with --reference-loop: refused" in r.output and not out.exists()
+    r = CliRunner().invoke(main, ["unlearn", "--seed", str(SEED), "--out", str(out), "--iters", "2", "--robust",
+                                  "--target-search", "0"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())["robust"]
+    assert cfg["pool"] == RobustConfig().pool and 0.3 < cfg["margin"] < 0.8  # resolved from dlib's calibration
