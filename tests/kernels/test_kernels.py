@@ -74,6 +74,24 @@ def test_latent_adjacency_matches_reference(shape):
     torch.testing.assert_close((src_r - w_u).flatten(1).norm(dim=1)[1:], alpha[1:], atol=1e-4, rtol=1e-4)
 
 
+@interpret
+@pytest.mark.parametrize("shape", [(3, 100), (5, 14, 512), (2, 1025)])
+def test_latent_adjacency_one_pair_per_row(shape):
+    """Several identities in one iteration: row k moves its own (w_u_k, w_t_k); equals row-by-row calls."""
+    k = shape[0]
+    w_u, w_t, w_r = torch.randn(*shape), torch.randn(*shape) * 5, torch.randn(*shape)
+    alpha = torch.rand(k) * 15
+    src_k, tgt_k = latent_adjacency(w_u, w_t, w_r, alpha, impl="triton")
+    src_r, tgt_r = latent_adjacency_reference(w_u, w_t, w_r, alpha)
+    rows = [latent_adjacency_reference(w_u[i:i + 1], w_t[i:i + 1], w_r[i:i + 1], alpha[i:i + 1]) for i in range(k)]
+    torch.testing.assert_close(src_r, torch.cat([s for s, _ in rows]))
+    torch.testing.assert_close(tgt_r, torch.cat([t for _, t in rows]))
+    torch.testing.assert_close(src_k, src_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tgt_k, tgt_r, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1 or K"):
+        latent_adjacency(w_u[:2], w_t[:2], torch.randn(3, *shape[1:]), torch.rand(3))
+
+
 def test_dispatch(monkeypatch):
     x = torch.randn(2, 4)
     monkeypatch.setenv("GUIDE_ENGINE_KERNELS", "torch")
@@ -100,8 +118,8 @@ jobs = [
                                   D="i32", eps="fp32", BLOCK="constexpr"), {"BLOCK": 128}),
     (_identity_distance_fwd, dict(EU="*bf16", ET="*bf16", LOSS=p, GRAD=p, stride_u="i32", stride_t="i32",
                                   stride_g="i32", D="i32", eps="fp32", BLOCK="constexpr"), {"BLOCK": 512}),
-    (_latent_adjacency_kernel, dict(WU=p, WT=p, WR=p, ALPHA=p, SRC=p, TGT=p, S="i32", eps="fp32",
-                                    BLOCK="constexpr"), {"BLOCK": 1024}),
+    (_latent_adjacency_kernel, dict(WU=p, WT=p, WR=p, ALPHA=p, SRC=p, TGT=p, S="i32", PAIR_STRIDE="i32",
+                                    eps="fp32", BLOCK="constexpr"), {"BLOCK": 1024}),
 ]
 for fn, sig, const in jobs:
     k = triton.compile(ASTSource(fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32))
