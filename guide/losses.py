@@ -5,6 +5,8 @@ Per pair (source image x_u from G_u, target image x_t from the frozen G_s):
     L_local = pair(w_u, w_t)
     L_adj   = sum_k pair(w_u + delta_k, w_t + delta_k)           k = 1..N_adj
     L_glob  = sum_j P(G_u(w_r_j), G_s(w_r_j))                    j = 1..N_glob
+With several identities, an iteration draws B of them: L_local and L_adj are the means over the B
+identities of their own terms (B = 1 is the paper's loss), L_glob is unchanged.
 P is LPIPS-VGG when its weights are given; the default is "dlib-lpips": an LPIPS-style distance on
 the identity network's intermediate features (unit-normalised over channels at each position,
 squared difference summed over channels, averaged over space, then averaged over the tapped blocks).
@@ -67,13 +69,21 @@ def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", percept
     return Terms(mse, p, identity_distance(desc_u, desc_t, reduction="none", impl=impl))
 
 
-def guide_loss(terms: Terms, n_pairs: int, losses: tuple[str, ...], offset: int = 0) -> dict[str, torch.Tensor]:
-    """Terms over [local (1), adjacency (n_adj), global (n_glob)] samples => the named losses and their total.
-    Pairs (local, adjacency) take all three terms; global samples only the perceptual term.
-    `offset`: the terms are samples offset, offset + 1, ... of that list (a micro-batch of it)."""
+LOCAL, ADJ, GLOB = 0, 1, 2  # the role of each sample of an iteration
+
+
+def roles(n_identities: int, n_adj: int, n_glob: int) -> torch.Tensor:
+    """The layout of an iteration's latents: [local (B), adjacency (B * n_adj), global (n_glob)] => (N,) roles."""
+    return torch.tensor([LOCAL] * n_identities + [ADJ] * (n_identities * n_adj) + [GLOB] * n_glob)
+
+
+def guide_loss(terms: Terms, role: torch.Tensor, n_identities: int, losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Terms of samples with these roles (a whole iteration, or a micro-batch or a rank's share of one) =>
+    the named losses and their total. Pairs (local, adjacency) take all three terms, averaged over the
+    iteration's n_identities identities; global samples only the perceptual term."""
     pair = terms.pair()
-    pos = torch.arange(offset, offset + len(pair), device=pair.device)
-    out = {"local": pair[pos == 0].sum(), "adj": pair[(pos >= 1) & (pos < n_pairs)].sum(),
-           "glob": terms.perceptual[pos >= n_pairs].sum()}
+    role = role.to(pair.device)
+    out = {"local": pair[role == LOCAL].sum() / n_identities, "adj": pair[role == ADJ].sum() / n_identities,
+           "glob": terms.perceptual[role == GLOB].sum()}
     out["total"] = sum(out[k] for k in losses)
     return out

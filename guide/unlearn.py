@@ -1,12 +1,14 @@
-"""The unlearning loop (GUIDE-SPEC section 3): fine-tune G_u so that w_u (and its neighbourhood)
-renders the de-identified target of the frozen G_s, while random latents render as before.
+"""The unlearning loop (GUIDE-SPEC section 3): fine-tune G_u so that each w_u (and its neighbourhood)
+renders its de-identified target of the frozen G_s, while random latents render as before.
 
-Each iteration draws N_adj adjacency latents and N_glob global latents; all latents of one side go
-through ONE batched generator call (local + adjacency + global = 5 latents per side). The
-`reference_loop` mode keeps the official code's structure (one generator call per latent, losses
-computed pair by pair) for timing; both compute the same mathematics.
-Randomness of iteration i comes from torch.Generator(seed * 1_000_003 + i), and the global RNG is seeded
-the same way during the iteration (EG3D samples rays with it): resuming needs no RNG state.
+Each iteration trains B of the N identities (all of them when N <= B), each with its local pair and
+N_adj adjacency pairs, plus N_glob global latents; all latents of one side go through ONE batched
+generator call (one identity: local + adjacency + global = 5 latents per side), so an iteration costs
+the same whatever N is. The `reference_loop` mode keeps the official code's structure (one generator
+call per latent, losses computed pair by pair) for timing; both compute the same mathematics.
+Randomness of iteration i comes from torch.Generator(seed * 1_000_003 + i) (the identities drawn, from
+their own stream), and the global RNG is seeded the same way during the iteration (EG3D samples rays
+with it): resuming needs no RNG state.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.guide.losses import Terms, guide_loss, pair_terms
+from guide_engine.guide.losses import Terms, guide_loss, pair_terms, roles
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
 
 ALL_LOSSES = ("local", "adj", "glob")
+IDENTITY_STREAM = 300_007  # the identities an iteration trains come from seed * 1_000_003 + it + this
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class UnlearnConfig:
     radius: float = 0.0  # r = median ||w - w_avg||
     alpha_max: float = 0.0  # absolute, = alpha_max_rel * r
     alpha_max_rel: float = 0.0
-    n_adj: int = 2
+    n_adj: int = 2  # adjacency pairs per identity and iteration
     n_glob: int = 2
+    identities_per_iter: int = 4  # B: identities trained per iteration (all of them when there are fewer)
     losses: tuple[str, ...] = ALL_LOSSES
     seed: int = 0
     device: str = "cpu"
@@ -63,6 +67,8 @@ class UnlearnConfig:
             raise GuideEngineError(f"--losses {','.join(self.losses)}: choose from local,adj,glob")
         if self.micro_batch < 0:
             raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
+        if self.identities_per_iter < 1:
+            raise GuideEngineError(f"--identities-per-iter {self.identities_per_iter}: must be at least 1")
         if self.robust is not None:
             self.robust.validate()
             if self.reference_loop:
@@ -70,53 +76,79 @@ class UnlearnConfig:
                                        "official code's structure for timing, and the official code has no attacker")
 
 
-def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int):
-    """=> (latents for G_u (1 + n_adj + n_glob, *S), latents for G_s (same), camera or None). Constants.
-    3D-aware generators render all pairs of an iteration from one sampled camera (GUIDE-SPEC section 3)."""
+def identity_batch(n: int, b: int, seed: int, it: int) -> torch.Tensor:
+    """The identities (indices into 0..n-1, sorted) that iteration `it` trains: all of them when n <= b,
+    else b drawn without replacement, a function of (seed, it) alone."""
+    if n <= b:
+        return torch.arange(n)
+    rng = torch.Generator().manual_seed(seed * 1_000_003 + it + IDENTITY_STREAM)
+    return torch.randperm(n, generator=rng)[:b].sort().values
+
+
+@dataclass
+class Batch:
+    """An iteration's constants: the latents of each side, laid out [local (B), adjacency (B n_adj),
+    global (n_glob)], their roles, the camera (3D-aware generators render all of them from one), B."""
+
+    lat_u: torch.Tensor
+    lat_t: torch.Tensor
+    role: torch.Tensor
+    view: object
+    n_identities: int
+
+    def rows(self, index) -> "Batch":
+        """A part of the batch (a micro-batch, a rank's share) with the same loss normalisation."""
+        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.n_identities)
+
+
+def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
+    """w_u, w_t (N, *S) => iteration `it`'s Batch. Constants. GUIDE-SPEC section 3, per identity."""
+    ids = identity_batch(len(w_u), cfg.identities_per_iter, cfg.seed, it).to(w_u.device)
+    b = len(ids)
     rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-    w_r = G_s.sample_latents(cfg.n_adj + cfg.n_glob, rng)
-    alpha = (torch.rand(cfg.n_adj, generator=rng) * cfg.alpha_max).to(w_u.device)
-    src_adj, tgt_adj = latent_adjacency(w_u, w_t, w_r[:cfg.n_adj], alpha, impl=cfg.kernels)
-    w_glob = w_r[cfg.n_adj:]
+    w_r = G_s.sample_latents(b * cfg.n_adj + cfg.n_glob, rng)
+    alpha = (torch.rand(b * cfg.n_adj, generator=rng) * cfg.alpha_max).to(w_u.device)
+    own_u, own_t = w_u[ids].repeat_interleave(cfg.n_adj, 0), w_t[ids].repeat_interleave(cfg.n_adj, 0)
+    src_adj, tgt_adj = latent_adjacency(own_u, own_t, w_r[:b * cfg.n_adj], alpha, impl=cfg.kernels)
+    w_glob = w_r[b * cfg.n_adj:]
     view = G_s.sample_view(rng)
-    return torch.cat([w_u, src_adj, w_glob]), torch.cat([w_t, tgt_adj, w_glob]), view
+    return Batch(torch.cat([w_u[ids], src_adj, w_glob]), torch.cat([w_t[ids], tgt_adj, w_glob]),
+                 roles(b, cfg.n_adj, cfg.n_glob), view, b)
 
 
-def step_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None,
-                 offset: int = 0) -> dict[str, torch.Tensor]:
-    """Latents offset.. of this iteration's list, one generator call per side => the named losses."""
-    x_u, rep_u = G_u.synthesize_with_representation(lat_u, view)  # one call per side
+def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+    """One generator call per side for all the batch's latents => the named losses."""
+    x_u, rep_u = G_u.synthesize_with_representation(batch.lat_u, batch.view)  # one call per side
     with torch.no_grad():
-        x_t, rep_t = G_s.synthesize_with_representation(lat_t, view)
+        x_t, rep_t = G_s.synthesize_with_representation(batch.lat_t, batch.view)
     terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual)
-    return guide_loss(terms, 1 + cfg.n_adj, cfg.losses, offset)
+    return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
 
 
-def backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig,
+def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig,
                            perceptual=None) -> dict[str, torch.Tensor]:
     """step_batched over chunks of cfg.micro_batch latents, each chunk's backward at once: the loss is a
     sum over latents, so the accumulated gradient is the full one, with 1/chunks of the activations
     alive (EG3D at 512 px). => the detached losses; the gradients are in .grad."""
     total: dict[str, torch.Tensor] = {}
-    for i in range(0, lat_u.shape[0], cfg.micro_batch):
-        part = step_batched(G_u, G_s, identity_net, lat_u[i:i + cfg.micro_batch], lat_t[i:i + cfg.micro_batch],
-                            view, cfg, perceptual, offset=i)
+    for i in range(0, batch.lat_u.shape[0], cfg.micro_batch):
+        part = step_batched(G_u, G_s, identity_net, batch.rows(slice(i, i + cfg.micro_batch)), cfg, perceptual)
         part["total"].backward()
         for k, v in part.items():
             total[k] = total.get(k, 0) + v.detach()
     return total
 
 
-def step_reference(G_u, G_s, identity_net, lat_u, lat_t, view, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
     """The official code's structure: one generator call and one loss evaluation per latent."""
     per = []
-    for i in range(lat_u.shape[0]):
-        x_u, rep_u = G_u.synthesize_with_representation(lat_u[i:i + 1], view)
+    for i in range(batch.lat_u.shape[0]):
+        x_u, rep_u = G_u.synthesize_with_representation(batch.lat_u[i:i + 1], batch.view)
         with torch.no_grad():
-            x_t, rep_t = G_s.synthesize_with_representation(lat_t[i:i + 1], view)
+            x_t, rep_t = G_s.synthesize_with_representation(batch.lat_t[i:i + 1], batch.view)
         per.append(pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual))
     terms = Terms(*(torch.cat([getattr(t, f.name) for t in per]) for f in dataclasses.fields(Terms)))
-    return guide_loss(terms, 1 + cfg.n_adj, cfg.losses)
+    return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
 
 
 def _save_checkpoint(path: Path, G_u, opt, it: int, attacker: Attacker | None) -> None:
@@ -166,7 +198,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
     for it in range(start, end):
         t_it = time.perf_counter()
-        lat_u, lat_t, view = iteration_latents(G_s, w_u, w_t, cfg, it)
+        batch = iteration_latents(G_s, w_u, w_t, cfg, it)
         opt.zero_grad(set_to_none=True)
         # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
@@ -175,9 +207,9 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             if attacker is not None:
                 attacker.advance(G_u, it)  # the attacker moves first, against the current G_u
             if cfg.micro_batch and not cfg.reference_loop:
-                losses = backward_micro_batched(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+                losses = backward_micro_batched(G_u, G_s, identity_net, batch, cfg, perceptual)
             else:
-                losses = step(G_u, G_s, identity_net, lat_u, lat_t, view, cfg, perceptual)
+                losses = step(G_u, G_s, identity_net, batch, cfg, perceptual)
                 losses["total"].backward()
             if attacker is not None:
                 found = attacker.loss(G_u, G_s, it)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.guide.losses import Terms, feature_distance, guide_loss
+from guide_engine.guide.losses import Terms, feature_distance, guide_loss, roles
 from guide_engine.guide.target import resolve_distance, search_ufo_target, ufo_target
 from guide_engine.kernels import identity_distance, latent_adjacency
 
@@ -76,12 +76,22 @@ def test_feature_distance_hand_case():
 def test_guide_loss_weights_and_grouping():
     t = Terms(mse=torch.tensor([1.0, 2, 3, 4, 5]), perceptual=torch.tensor([10.0, 20, 30, 40, 50]),
               identity=torch.tensor([100.0, 200, 300, 400, 500]))
-    out = guide_loss(t, n_pairs=3, losses=("local", "adj", "glob"))
+    role = roles(1, 2, 2)
+    assert role.tolist() == [0, 1, 1, 2, 2]
+    out = guide_loss(t, role, 1, losses=("local", "adj", "glob"))
     assert out["local"].item() == pytest.approx(0.01 + 10 + 10)
     assert out["adj"].item() == pytest.approx(0.02 + 20 + 20 + 0.03 + 30 + 30)
     assert out["glob"].item() == pytest.approx(90.0)  # perceptual only
     assert out["total"].item() == pytest.approx(out["local"].item() + out["adj"].item() + 90)
-    assert guide_loss(t, 3, ("local",))["total"].item() == pytest.approx(out["local"].item())
+    assert guide_loss(t, role, 1, ("local",))["total"].item() == pytest.approx(out["local"].item())
+
+
+def test_guide_loss_averages_over_identities():
+    """Two identities, one adjacency pair each, one global latent: pairs are averaged over the identities."""
+    t = Terms(mse=torch.zeros(5), perceptual=torch.tensor([1.0, 3, 5, 7, 100]), identity=torch.zeros(5))
+    out = guide_loss(t, roles(2, 1, 1), 2, ("local", "adj", "glob"))
+    assert out["local"].item() == pytest.approx((1 + 3) / 2) and out["adj"].item() == pytest.approx((5 + 7) / 2)
+    assert out["glob"].item() == pytest.approx(100.0)
 
 
 def test_latent_adjacency_hand_case():

@@ -38,28 +38,32 @@ def test_reproducible_and_resume(generator, identity, tmp_path):
     assert hist[-1]["local"] < hist[0]["local"]
 
 
-def test_batched_equals_reference_loop_and_micro_batches(generator, identity):
+@pytest.mark.parametrize("n_identities", [1, 3])
+def test_batched_equals_reference_loop_and_micro_batches(generator, identity, n_identities):
     """One batched generator call per side computes the same losses and gradients as the official
-    one-call-per-latent structure, and as micro-batches of 2 with their gradients accumulated."""
+    one-call-per-latent structure, and as micro-batches of 2 with their gradients accumulated; with one
+    identity and with 3 (of which each iteration trains 2)."""
     import copy
     import dataclasses
 
     from guide_engine.guide.unlearn import backward_micro_batched, iteration_latents, step_batched, step_reference
 
-    w_u, w_t = _setup(generator)
-    cfg = _cfg()
-    lat_u, lat_t, view = iteration_latents(generator, w_u, w_t, cfg, it=0)
-    assert view is None  # no camera
-    assert lat_u.shape == (5, 100)
+    w_u = generator.latents_for_seeds(range(n_identities))
+    w_t = torch.cat([ufo_target(w_u[i:i + 1], generator.average_latent(), 10.0) for i in range(n_identities)])
+    cfg = _cfg(identities_per_iter=2)
+    batch = iteration_latents(generator, w_u, w_t, cfg, it=0)
+    assert batch.view is None  # no camera
+    b = min(n_identities, 2)
+    assert batch.lat_u.shape == (b * 3 + 2, 100) and batch.n_identities == b
 
     def with_backward(step):
         def run(g, cfg):
-            losses = step(g, generator, identity, lat_u, lat_t, view, cfg)
+            losses = step(g, generator, identity, batch, cfg)
             losses["total"].backward()
             return losses
         return run
 
-    micro = lambda g, cfg: backward_micro_batched(g, generator, identity, lat_u, lat_t, view,  # noqa: E731
+    micro = lambda g, cfg: backward_micro_batched(g, generator, identity, batch,  # noqa: E731
                                                   dataclasses.replace(cfg, micro_batch=2))
     grads, losses = [], []
     for run in (with_backward(step_batched), with_backward(step_reference), micro):
@@ -74,6 +78,18 @@ def test_batched_equals_reference_loop_and_micro_batches(generator, identity):
         for a, b in zip(grads[0], other):
             assert a is not None and a.abs().sum() > 0
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_identity_batch_is_a_function_of_seed_and_iteration():
+    from guide_engine.guide.unlearn import identity_batch
+
+    assert identity_batch(3, 4, seed=0, it=7).tolist() == [0, 1, 2]  # fewer than B: all of them
+    a = [identity_batch(10, 4, seed=0, it=i).tolist() for i in range(20)]
+    assert a == [identity_batch(10, 4, seed=0, it=i).tolist() for i in range(20)]
+    assert all(len(set(x)) == 4 and x == sorted(x) for x in a)
+    assert len({tuple(x) for x in a}) > 10  # the draw changes with the iteration ...
+    assert a != [identity_batch(10, 4, seed=1, it=i).tolist() for i in range(20)]  # ... and with the run seed
+    assert set().union(*a) == set(range(10))  # every identity gets trained
 
 
 def test_cli_tiny_run(tmp_path, generator):

@@ -104,7 +104,7 @@ def test_eg3d_adapter_views_planes_and_trained_subset(nvlabs_code):
     cfg = UnlearnConfig(alpha_max=1.0)
     yaws = []
     for it in range(12):
-        _, _, view = iteration_latents(G, w[:1], w[1:], cfg, it)
+        view = iteration_latents(G, w[:1], w[1:], cfg, it).view
         origin = view[0, :16].view(4, 4)[:3, 3]
         assert origin.norm().item() == pytest.approx(2.7, rel=1e-5)
         assert origin[1].item() == pytest.approx(2.7 * math.cos(math.acos(1 - 2 * (math.pi / 2 - 0.2) / math.pi)), rel=1e-5)
