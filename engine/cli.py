@@ -100,11 +100,17 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command(short_help="Forget one identity (photo or seed) with GUIDE.")
-@click.option("--image", type=str, default=None, help="Photo of the person to forget (any size; centre-cropped).")
-@click.option("--seed", type=int, default=None, help="Forget the generator's own identity at this seed instead.")
+@main.command(short_help="Forget one or many identities (photos or seeds) with GUIDE.")
+@click.option("--seed", type=int, default=None, help="Forget the generator's own identity at this seed.")
+@click.option("--seeds", default=None, help="Several seeds, e.g. 3,17,42 or 0-9: one identity each.")
+@click.option("--image", "images", multiple=True, help="Photo of a person to forget (any size; centre-cropped); repeatable.")
+@click.option("--images", "images_dir", type=str, default=None, help="A folder: every image file in it is one person.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
-@click.option("--iters", type=int, default=400, show_default=True, help="Iterations (official: 1000; see README).")
+@click.option("--generator", default="digiface-dcgan64", show_default=True,
+              help="A model name, nvlabs:PATH.pkl, or a run directory to continue from (its weights and ledger).")
+@click.option("--iters", type=int, default=None, help="Iterations [400 for up to --identities-per-iter people; then "
+              "enough that each is trained 200 times on average].")
+@click.option("--identities-per-iter", type=int, default=4, show_default=True, help="Identities trained per iteration.")
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--target", type=click.Choice(["extra", "average"]), default="extra", show_default=True,
               help="UFO extrapolation (GUIDE) or the average latent (baseline).")
@@ -116,7 +122,6 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--target-distance-rel", type=float, default=None, help="d relative to r = median ||w - w_avg|| [1.0].")
 @click.option("--alpha-max-rel", type=float, default=None, help="Adjacency range relative to r [0.5 d / r].")
 @click.option("--losses", default="local,adj,glob", show_default=True, help="Baseline: --target average --losses local.")
-@click.option("--generator", default="digiface-dcgan64", show_default=True)
 @click.option("--identity", default="dlib-resnet-v1", show_default=True, help="Or arcface-ir-se50:PATH.pth.")
 @click.option("--lpips-vgg", type=str, default=None,
               help="torchvision VGG16 weights: use LPIPS-VGG as the perceptual loss (needs the lpips package).")
@@ -127,26 +132,34 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
 @click.option("--micro-batch", type=int, default=0, show_default=True,
-              help="Latents per forward/backward, gradients accumulated (same result, less memory); 0 = all 5.")
+              help="Latents per forward/backward, gradients accumulated (same result, less memory); 0 = all at once.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
 @click.option("--robust", is_flag=True,
               help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
-def unlearn(image, seed, out, iters, lr, target, target_search, target_angle, target_distance, target_distance_rel, alpha_max_rel, losses,
-            generator, identity, lpips_vgg, device, run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume,
-            robust) -> None:
-    """Forget one identity (from a photo or a seed): GUIDE's three-loss fine-tuning."""
+def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
+            target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
+            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust) -> None:
+    """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
+    request after another (--generator RUN_DIR)."""
+    from guide_engine.engine.images import parse_seeds
     from guide_engine.engine.sampling import default_device
-    from guide_engine.guide.job import unlearn_job
+    from guide_engine.guide.job import JobConfig, collect_sources, unlearn_job
     from guide_engine.guide.robust import RobustConfig
 
-    run = unlearn_job(Path(out), image=image, seed=seed, iters=iters, lr=lr, target=target,
-                      target_search=target_search, target_angle=target_angle,
-                      target_distance=target_distance, target_distance_rel=target_distance_rel,
-                      alpha_max_rel=alpha_max_rel, losses=losses, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
-                      device=default_device(device), run_seed=run_seed, invert_steps=invert_steps,
-                      checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
-                      resume=resume, robust=RobustConfig() if robust else None)
-    click.echo(f"unlearned generator: {run}/generator.safetensors; before/after: {run}/before_after.png")
+    seed_list = ([] if seed is None else [seed]) + (parse_seeds(seeds) if seeds else [])
+    sources, notes = collect_sources(seed_list, list(images), images_dir)
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
+    job = JobConfig(out=Path(out), sources=sources, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
+                    iters=iters, lr=lr, target=target, target_search=target_search, target_angle=target_angle,
+                    target_distance=target_distance, target_distance_rel=target_distance_rel,
+                    alpha_max_rel=alpha_max_rel, losses=tuple(s.strip() for s in losses.split(",") if s.strip()),
+                    identities_per_iter=identities_per_iter, device=default_device(device), run_seed=run_seed,
+                    invert_steps=invert_steps, checkpoint_every=checkpoint_every, reference_loop=reference_loop,
+                    micro_batch=micro_batch, robust=RobustConfig() if robust else None, resume=resume)
+    run = unlearn_job(job)
+    click.echo(f"unlearned generator: {run}/generator.safetensors; ledger: {run}/identities.json; "
+               f"before/after: {run}/before_after.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +200,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
               help="The network that grades forgetting (never in a loss); or dlib-resnet-v1, arcface-ir-se50:PATH.pth.")
 @click.option("--require", type=click.Choice(["forgotten", "robust"]), default="forgotten", show_default=True,
               help="The verdict level that sets the exit code: forgotten at w_u, or also robust to re-inversion.")
-@click.option("--image", type=str, default=None, help="The photo a photo run forgot: the attacker inverts it.")
+@click.option("--image", "images", multiple=True, help="A photo the run forgot: the attacker inverts it (repeatable).")
 @click.option("--attack-starts", type=int, default=8, show_default=True, help="Re-inversion attack: starts from the prior.")
 @click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
 @click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (level robust is then not measured).")
@@ -195,10 +208,11 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @nvlabs_options
-def verify(run_dir, backend, judge, require, image, attack_starts, attack_steps, no_reinversion, n_preserve, compare,
+def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, no_reinversion, n_preserve, compare,
            as_json) -> None:
-    """Grade forgetting with a judge network the loss never saw, attack the unlearned generator by
-    re-inverting the photo, and check everyone else is kept; exit 0 only if the required level holds."""
+    """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
+    attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
+    only if the required level holds for all of them."""
     import json
 
     from guide_engine.engine.errors import CheckFailed
@@ -206,7 +220,7 @@ def verify(run_dir, backend, judge, require, image, attack_starts, attack_steps,
     from guide_engine.guide.verify import summary_table, verify_run
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
-                        judge=judge, require=require, image=image,
+                        judge=judge, require=require, images=images,
                         attack=AttackConfig(starts=attack_starts, steps=attack_steps), progress=not as_json)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:

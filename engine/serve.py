@@ -132,7 +132,7 @@ def load_service(source: Path, cfg: ServeConfig):
         base = zoo.load_generator(runner.manifest["generator"])
     manifest = read_json(source / "manifest.json") if (source / "manifest.json").is_file() else {}
     info = {"source": source.name, "backend": cfg.backend, "generator": manifest.get("generator", getattr(base, "name", None)),
-            "unlearned_identities": [manifest["identity_hash"]] if "identity_hash" in manifest else [],
+            "unlearned_identities": _ledger_hashes(source),
             "result_sha256": manifest.get("result_sha256"),
             "verification": None if report is None else {
                 "passed": report.get("passed"), "required": report.get("required"), "levels": report.get("levels"),
@@ -144,27 +144,38 @@ def load_service(source: Path, cfg: ServeConfig):
     return infer, base.latents_for_seeds, tuple(base.latent_shape), info, guard
 
 
+def _ledger_hashes(source: Path) -> list[str]:
+    """The forgotten identities as hashes of their latents (the ledger's), never the latents themselves."""
+    from guide_engine.guide import ledger
+
+    try:
+        return [e["identity_hash"] for e in ledger.read(source)["identities"]]
+    except GuideEngineError:
+        return []
+
+
 def _make_guard(source: Path, base, report):
-    """=> images => [withheld?]: the judge's distance to the unlearned identity's pretrained image below
-    the strangers' 1st percentile (calibrated on the base generator, cached)."""
+    """=> images => [withheld?]: the judge's distance to any ledger identity's pretrained image below the
+    strangers' 1st percentile (calibrated on the base generator, cached)."""
     from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import read_json
+    from guide_engine.guide import ledger
     from guide_engine.guide.job import state_sha256
     from guide_engine.guide.metrics import calibrate
 
-    ident = source / "identity.json"
-    if not ident.is_file():
-        raise GuideEngineError(f"--guard needs {ident} (the unlearned identity)")
+    try:
+        book = ledger.read(source)
+    except GuideEngineError as e:
+        raise GuideEngineError(f"--guard needs the unlearned identities: {e}") from None
     judge = zoo.load_judge(((report or {}).get("judge") or {}).get("name", zoo.DEFAULT_JUDGE))
     pretrained = zoo.load_generator(base.name)
     thr = calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
-    w_u = torch.tensor(read_json(ident)["w_u"], dtype=torch.float32).view(1, *base.latent_shape)
     with torch.no_grad():
-        ref = judge.descriptors(pretrained.synthesize(w_u))
+        refs = judge.descriptors(pretrained.synthesize(ledger.latents(book, tuple(base.latent_shape))))  # (L, D)
 
     def guard(images: torch.Tensor) -> list[bool]:
-        d = judge.descriptors(images)
-        return (judge.distance(d, ref.expand_as(d)) < thr).tolist()
+        d = judge.descriptors(images)  # (N, D); all N x L pairs in the judge's own distance
+        dist = judge.distance(d.repeat_interleave(len(refs), 0), refs.repeat(len(d), 1)).view(len(d), len(refs))
+        return (dist.min(dim=1).values < thr).tolist()
 
     return guard
 

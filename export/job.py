@@ -1,7 +1,7 @@
 """`guide-engine export`: a run directory or base model => an export directory.
 
 OUT/ generator.onnx (or generator_fp16.onnx), generator.plan (with --trt), export.json, and the
-run's manifest.json / identity.json copied along (verify and serve read them). Every artifact is
+run's manifest.json / identities.json copied along (verify and serve read them). Every artifact is
 run against PyTorch at batch sizes 1, 7 and the max; one that misses its threshold fails the export
 and leaves nothing behind (work happens in OUT.partial/, renamed at the end).
 """
@@ -81,7 +81,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                                f"(needs {artifacts[k]['parity']['threshold']})" for k in failed)
             raise CheckFailed(f"export parity failed, no artifact written: {detail}")
         if src_dir:
-            for f in ("manifest.json", "identity.json", "config.json", "report.json"):
+            for f in ("manifest.json", "identities.json", "identity.json", "config.json", "report.json"):
                 if (src_dir / f).is_file():
                     shutil.copy2(src_dir / f, partial / f)
         write_json(partial / "export.json", manifest)

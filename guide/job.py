@@ -1,36 +1,50 @@
-"""`guide-engine unlearn` as a library function: photo or seed => a run directory.
+"""`guide-engine unlearn` as a library function: one frozen JobConfig => a run directory.
 
 RUN_DIR/ generator.safetensors  the unlearned weights (full state dict)
-         config.json            the resolved UnlearnConfig
-         identity.json          w_u, w_t and w_avg norms, r, d, how w_u was obtained (never the photo)
+         config.json            the job as given and the resolved UnlearnConfig
+         identities.json        the ledger: every person this generator has forgotten (guide/ledger.py)
          manifest.json          model names, SHA-256 of base and result, engine version, timings
-         before_after.png       pretrained vs unlearned at w_u, neighbours and random latents
-Work happens in RUN_DIR.partial/ (which also holds the checkpoint for --resume) and is renamed to
-RUN_DIR at the end: a run directory is never half-written.
+         before_after.png       pretrained vs unlearned at each w_u (up to 8), neighbours, random latents
+Work happens in RUN_DIR.partial/ (which also holds the checkpoint for --resume and the ledger as soon as
+the targets are chosen) and is renamed to RUN_DIR at the end: a run directory is never half-written.
+
+Several people in one run: each gets its own inversion (or seed), identity-checked UFO target and
+adjacency samples; each iteration trains B of them (guide/unlearn.py), so an iteration costs the same
+whatever their number, and the default iteration count grows with it (`default_iters`).
+One after another: `generator` may name a run directory. Its weights (checked against its manifest) are
+where fine-tuning starts, its ledger is carried over, and the pretrained base generator stays the
+reference for targets and preservation; the identities it forgot are trained again beside the new ones.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from guide_engine.engine import __version__
-from guide_engine.engine.models import nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.models import nvlabs, zoo
+from guide_engine.engine.sampling import read_json
+from guide_engine.guide import ledger
 from guide_engine.guide.losses import feature_perceptual_name
+from guide_engine.guide.robust import RobustConfig
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
                                        search_ufo_target, typical_radius, ufo_target)
-from guide_engine.guide.robust import RobustConfig
-from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+from guide_engine.guide.unlearn import ALL_LOSSES, UnlearnConfig, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
 ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as a ratio
 TARGET_SEARCH = 64  # identity-checked UFO: candidates on the far side (0 = the formula alone)
 TARGET_ANGLE_DEG = 30.0  # ... at most this far from the formula's direction
+DEFAULT_ITERS = 400  # one identity (official: 1000; see README)
+UPDATES_PER_IDENTITY = 200  # with many: iterations in which each identity is drawn, on average (measured: README)
 
 
 def state_sha256(module: torch.nn.Module) -> str:
@@ -41,81 +55,240 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *, iters: int = 400, lr: float = 1e-4,
-                target: str = "extra", target_search: int = TARGET_SEARCH, target_angle: float = TARGET_ANGLE_DEG,
-                target_distance: float | None = None, target_distance_rel: float | None = None,
-                alpha_max_rel: float | None = None, losses: str = "local,adj,glob", generator: str = "digiface-dcgan64",
-                identity: str = "dlib-resnet-v1", lpips_vgg: str | None = None, device: str = "cpu",
-                run_seed: int = 0, invert_steps: int = 300,
-                checkpoint_every: int = 100, reference_loop: bool = False, micro_batch: int = 0, resume: bool = False,
-                robust: RobustConfig | None = None, progress: bool = True, stop_after: int | None = None) -> Path:
-    if (image is None) == (seed is None):
-        raise GuideEngineError("give exactly one of --image PATH or --seed N")
-    loss_names = tuple(s.strip() for s in losses.split(",") if s.strip())
-    # Validate everything cheap before any file is written.
-    UnlearnConfig(iters=iters, lr=lr, losses=loss_names, micro_batch=micro_batch, reference_loop=reference_loop,
-                  robust=robust).validate()
-    if target_search < 0 or not 0 <= target_angle <= 90:
-        raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
-    out = Path(out)
-    if out.exists() and not resume:
-        raise GuideEngineError(f"--out {out} already exists; choose a new directory")
-    partial = out.with_name(out.name + ".partial")
-    if resume and not partial.is_dir():
-        raise GuideEngineError(f"--resume: no interrupted run at {partial}")
-    G_s = zoo.load_generator(generator, device=device)
-    id_net = zoo.load_identity(identity, device=device)
+def default_iters(n_identities: int, per_iter: int) -> int:
+    """One identity: DEFAULT_ITERS. More than fit in an iteration: enough that each is drawn
+    UPDATES_PER_IDENTITY times on average, and never fewer than DEFAULT_ITERS."""
+    if n_identities <= per_iter:
+        return DEFAULT_ITERS
+    return max(DEFAULT_ITERS, math.ceil(UPDATES_PER_IDENTITY * n_identities / per_iter))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One person to forget, as the user named them: a seed of the generator, or a photo."""
+
+    seed: int | None = None
+    image: str | None = None
+
+    def describe(self) -> str:
+        return f"seed {self.seed}" if self.image is None else self.image
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything `unlearn` was asked to do; the CLI builds it, unlearn_job resolves it into an UnlearnConfig."""
+
+    out: Path
+    sources: tuple[Source, ...]
+    generator: str = "digiface-dcgan64"  # a model name, nvlabs:PATH.pkl, or a run directory to continue from
+    identity: str = "dlib-resnet-v1"
+    lpips_vgg: str | None = None
+    iters: int | None = None  # None: default_iters(number of identities trained, identities_per_iter)
+    lr: float = 1e-4
+    target: str = "extra"
+    target_search: int = TARGET_SEARCH
+    target_angle: float = TARGET_ANGLE_DEG
+    target_distance: float | None = None
+    target_distance_rel: float | None = None
+    alpha_max_rel: float | None = None
+    losses: tuple[str, ...] = ALL_LOSSES
+    identities_per_iter: int = 4
+    device: str = "cpu"
+    run_seed: int = 0
+    invert_steps: int = 300
+    checkpoint_every: int = 100
+    reference_loop: bool = False
+    micro_batch: int = 0
+    robust: RobustConfig | None = None
+    resume: bool = False
+
+    def validate(self) -> None:
+        """Everything cheap, before any file is written or any model loaded."""
+        if not self.sources:
+            raise GuideEngineError("nothing to forget: give --seed, --seeds, --image or --images")
+        UnlearnConfig(iters=DEFAULT_ITERS if self.iters is None else self.iters, lr=self.lr, losses=self.losses,
+                      micro_batch=self.micro_batch,
+                      reference_loop=self.reference_loop, robust=self.robust,
+                      identities_per_iter=self.identities_per_iter).validate()
+        if self.target_search < 0 or not 0 <= self.target_angle <= 90:
+            raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
+        if self.out.exists() and not self.resume:
+            raise GuideEngineError(f"--out {self.out} already exists; choose a new directory")
+        if self.resume and not partial_dir(self.out).is_dir():
+            raise GuideEngineError(f"--resume: no interrupted run at {partial_dir(self.out)}")
+
+
+def collect_sources(seeds: list[int], images: list[str], images_dir: str | None) -> tuple[tuple[Source, ...], list[str]]:
+    """The identities the CLI was given => (sources, each counted once; notes on the duplicates dropped).
+    `images_dir`: every file in it is a photo of one person (dotfiles and folders are passed over); a
+    file that is not an image is refused by name, before any work starts."""
+    from PIL import Image, UnidentifiedImageError
+
+    paths = list(images)
+    if images_dir is not None:
+        folder = Path(images_dir)
+        if not folder.is_dir():
+            raise GuideEngineError(f"--images {folder}: not a directory")
+        found = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not found:
+            raise GuideEngineError(f"--images {folder}: no files in it")
+        for f in found:
+            try:
+                with Image.open(f) as im:
+                    im.verify()
+            except (UnidentifiedImageError, OSError):
+                raise GuideEngineError(f"--images {folder}: {f.name} is not an image") from None
+        paths += [str(f) for f in found]
+    sources, seen, notes = [], {}, []
+    for src in [Source(seed=s) for s in seeds] + [Source(image=p) for p in paths]:
+        if src.image is not None and not Path(src.image).is_file():
+            raise GuideEngineError(f"--image {src.image}: no such file")
+        key = ledger.source_key(seed=src.seed) if src.image is None else \
+            ledger.source_key(photo_sha256=hashlib.sha256(Path(src.image).read_bytes()).hexdigest())
+        if key in seen:
+            notes.append(f"{src.describe()}: the same identity as {seen[key].describe()}; counted once")
+            continue
+        seen[key] = src
+        sources.append(src)
+    return tuple(sources), notes
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def note(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr)
+
+
+def continued_run(run: Path) -> tuple[str, dict, dict, str]:
+    """A run directory to continue from => (its base generator's name, its weights, its ledger, their SHA-256).
+    The weights must be the ones its manifest records."""
+    from safetensors.torch import load_file
+
+    manifest, weights = run / "manifest.json", run / "generator.safetensors"
+    if not manifest.is_file() or not weights.is_file():
+        raise GuideEngineError(f"--generator {run}: not an unlearn run directory (needs manifest.json and "
+                               f"generator.safetensors)")
+    m = read_json(manifest)
+    base = zoo.load_generator(m["generator"])
+    try:
+        state = load_file(str(weights))
+        base.load_state_dict(state)
+    except Exception as e:
+        raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
+    got = state_sha256(base)
+    if got != m.get("result_sha256"):
+        raise GuideEngineError(f"{weights}: SHA-256 of the weights {got[:16]}... is not the {str(m.get('result_sha256'))[:16]}... "
+                               f"its manifest records; the run directory was changed after it was written")
+    return m["generator"], state, ledger.read(run), got
+
+
+def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """=> (w_u (1, *S), how it was obtained, the photo (1, 3, H, W) or None for a seed)."""
+    if src.image is None:
+        return G_s.latents_for_seeds([src.seed]).to(G_s.average_latent().device), {"source": "seed", "seed": src.seed}, None
+    from guide_engine.engine.images import load_image
+    from guide_engine.guide.invert import invert
+
+    photo = load_image(src.image, G_s.resolution).to(G_s.average_latent().device)
+    w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress)
+    return w_u, {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err,
+                 "photo_sha256": hashlib.sha256(Path(src.image).read_bytes()).hexdigest()}, photo
+
+
+def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = None) -> Path:
+    job.validate()
+    from guide_engine.engine.images import load_image
+
+    for src in job.sources:  # every photo readable before any work starts
+        if src.image is not None:
+            load_image(src.image, 8)
+    out, partial, device = Path(job.out), partial_dir(Path(job.out)), job.device
+    continued = Path(job.generator) if Path(job.generator).is_dir() else None
+    base_name, init, old, init_sha = continued_run(continued) if continued else (job.generator, None, None, None)
+    G_s = zoo.load_generator(base_name, device=device)
+    base_sha = state_sha256(G_s)
+    if old is not None:
+        ledger.check_base(old, base_name, base_sha, continued)
+    id_net = zoo.load_identity(job.identity, device=device)
     perceptual, perceptual_name = None, feature_perceptual_name(id_net)
-    if lpips_vgg is not None:
+    if job.lpips_vgg is not None:
         from guide_engine.engine.models.lpips_vgg import LPIPSVGG
 
-        perceptual = LPIPSVGG(lpips_vgg).to(device)
+        perceptual = LPIPSVGG(job.lpips_vgg).to(device)
         perceptual_name = f"lpips-vgg (LPIPS v0.1 on VGG16 weights {perceptual.path})"
-    photo = None
-    if image is not None:
-        from guide_engine.engine.images import load_image
-
-        photo = load_image(image, G_s.resolution)
-
-    t0 = time.perf_counter()
-    if photo is not None:
-        from guide_engine.guide.invert import invert
-
-        w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress)
-        how = {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err,
-               "photo_sha256": hashlib.sha256(Path(image).read_bytes()).hexdigest()}
-    else:
-        w_u = G_s.latents_for_seeds([seed]).to(device)
-        how = {"source": "seed", "seed": seed}
-    t_invert = time.perf_counter() - t0
+    photo_keys = {src: ledger.source_key(photo_sha256=hashlib.sha256(Path(src.image).read_bytes()).hexdigest())
+                  if src.image else ledger.source_key(seed=src.seed) for src in job.sources}
+    forgotten_before = {e["key"] for e in (old or {}).get("identities", [])}
+    new = [s for s in job.sources if photo_keys[s] not in forgotten_before]
+    for s in job.sources:
+        if s not in new:
+            note(f"{s.describe()}: already forgotten by {continued} (its ledger); skipped", progress)
+    if not new:
+        raise GuideEngineError(f"nothing new to forget: every identity given is already in {continued}'s ledger")
 
     r = typical_radius(G_s)
-    d = resolve_distance(r, target_distance, target_distance_rel, DEFAULT_D_REL)
-    a_rel = ALPHA_PER_D * d / r if alpha_max_rel is None else alpha_max_rel
+    d = resolve_distance(r, job.target_distance, job.target_distance_rel, DEFAULT_D_REL)
+    a_rel = ALPHA_PER_D * d / r if job.alpha_max_rel is None else job.alpha_max_rel
     w_avg = G_s.average_latent()
-    if target == "extra":
-        w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, target_search, target_angle,
-                                        torch.Generator().manual_seed(run_seed))
+    t0 = time.perf_counter()
+    if job.resume and (partial / ledger.LEDGER).is_file():  # identities and targets were chosen before the interruption
+        book = read_json(partial / ledger.LEDGER)
+        if [e["key"] for e in book["identities"][len(forgotten_before):]] != [photo_keys[s] for s in new]:
+            raise GuideEngineError(f"--resume: {partial} was started for other identities; give the same ones")
+        photos = [load_image(s.image, G_s.resolution).to(device) if s.image else None for s in new]
     else:
-        w_t = ufo_target(w_u, w_avg, d, target)
-        search = {"target_id_dist": identity_distances(G_s, id_net, w_u, w_t).item()}
+        entries, photos = [], []
+        for i, src in enumerate(new):
+            w_u, how, photo = find_identity(G_s, id_net, src, job.invert_steps, progress)
+            if job.target == "extra":
+                w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, job.target_search, job.target_angle,
+                                                torch.Generator().manual_seed(job.run_seed + i))
+            else:
+                w_t = ufo_target(w_u, w_avg, d, job.target)
+                search = {"target_id_dist": identity_distances(G_s, id_net, w_u, w_t).item()}
+            entries.append({"identity_hash": ledger.latent_hash(w_u), "key": photo_keys[src], "run": out.name,
+                            "added": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
+                            "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(),
+                            "latent": how, "target_id_dist": search["target_id_dist"], "target_search": search})
+            photos.append(photo)
+        book = {"base_generator": base_name, "base_sha256": base_sha, "identity_network": job.identity,
+                "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r,
+                "identity_distance_name": id_net.distance_name,
+                "identities": (old or {}).get("identities", []) + entries}
+    t_invert = time.perf_counter() - t0
+
+    shape = G_s.latent_shape
+    w_u, w_t = ledger.latents(book, shape).to(device), ledger.latents(book, shape, "w_t").to(device)
+    n_before = len(book["identities"]) - len(new)
+    with torch.no_grad():  # what the robust mode's attacker holds: the photo, or what G_s drew at w_u
+        photos = [G_s.synthesize(w_u[i:i + 1]) if i < n_before or photos[i - n_before] is None else photos[i - n_before]
+                  for i in range(len(w_u))]
+    robust = job.robust
     if robust is not None and robust.margin is None:  # a quantile of the strangers' training-network distance
         from guide_engine.guide.metrics import calibrate, quantile
 
-        calib = calibrate(G_s, id_net, state_sha256(G_s))
-        robust = dataclasses.replace(robust, margin=quantile(calib, robust.margin_quantile))
-    cfg = UnlearnConfig(generator=generator, identity=identity, iters=iters, lr=lr, target=target,
+        robust = dataclasses.replace(robust, margin=quantile(calibrate(G_s, id_net, base_sha), robust.margin_quantile))
+    iters = job.iters or default_iters(len(w_u), job.identities_per_iter)
+    cfg = UnlearnConfig(generator=base_name, identity=job.identity, iters=iters, lr=job.lr, target=job.target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
-                        alpha_max_rel=a_rel, target_search=target_search if target == "extra" else 0,
-                        target_angle=target_angle, losses=loss_names, seed=run_seed, device=device,
-                        checkpoint_every=checkpoint_every, reference_loop=reference_loop, micro_batch=micro_batch,
-                        perceptual=perceptual_name, robust=robust)
+                        alpha_max_rel=a_rel, target_search=job.target_search if job.target == "extra" else 0,
+                        target_angle=job.target_angle, losses=job.losses, seed=job.run_seed, device=device,
+                        checkpoint_every=job.checkpoint_every, reference_loop=job.reference_loop,
+                        micro_batch=job.micro_batch, perceptual=perceptual_name, robust=robust,
+                        identities_per_iter=job.identities_per_iter)
     partial.mkdir(parents=True, exist_ok=True)
-    zoo.write_json(partial / "config.json", dataclasses.asdict(cfg))
+    zoo.write_json(partial / ledger.LEDGER, book)
+    zoo.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
+        "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
+        "identities_trained": len(w_u)}})
     t1 = time.perf_counter()
-    G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=resume,
+    G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=job.resume,
                                   progress=progress, stop_after=stop_after, perceptual=perceptual,
-                                  photo=None if photo is None else photo.to(device))
+                                  photo=torch.cat(photos), init=init)
     t_unlearn = time.perf_counter() - t1
     if stop_after is not None and stop_after < iters:
         return partial  # interrupted on purpose (tests): resumable
@@ -124,22 +297,17 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
 
     zoo.atomic_write(partial / "generator.safetensors",
                      lambda tmp: save_file({k: v.contiguous() for k, v in G_u.state_dict().items()}, str(tmp)))
-    if generator.startswith(nvlabs.PREFIX):  # also in the user's own format, for their NVlabs tools
+    if base_name.startswith(nvlabs.PREFIX):  # also in the user's own format, for their NVlabs tools
         nvlabs.save_pickle(G_u, partial / "generator.pkl")
-    zoo.write_json(partial / "identity.json", {
-        "w_u": w_u.flatten().tolist(), "w_t": w_t.flatten().tolist(),
-        "norm_w_u": (w_u - w_avg).norm().item(), "norm_w_t": (w_t - w_avg).norm().item(), "norm_w_avg": w_avg.norm().item(),
-        "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r, "latent": how,
-        "target_id_dist": search["target_id_dist"], "target_search": search,
-        "identity_distance_name": id_net.distance_name})
     zoo.write_json(partial / "manifest.json", {
-        "engine_version": __version__, "generator": generator, "identity_network": identity,
-        "base_sha256": state_sha256(G_s), "result_sha256": state_sha256(G_u),
-        "identity_hash": hashlib.sha256(w_u.cpu().numpy().tobytes()).hexdigest(),
+        "engine_version": __version__, "generator": base_name, "identity_network": job.identity,
+        "base_sha256": base_sha, "result_sha256": state_sha256(G_u),
+        "identities": [e["identity_hash"] for e in book["identities"]],
+        "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
                       "per_iter": round(t_unlearn / max(1, len(history)), 5)},
         "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    before_after(G_s, G_u, w_u, partial / "before_after.png", r)
+    before_after(G_s, G_u, w_u[n_before:], partial / "before_after.png", r)
     (partial / "checkpoint.pt").unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)
@@ -149,10 +317,12 @@ def unlearn_job(out: Path, image: str | None = None, seed: int | None = None, *,
 
 @torch.no_grad()
 def before_after(G_s, G_u, w_u: torch.Tensor, path: Path, r: float, n: int = 4) -> None:
-    """Rows: pretrained, unlearned. Columns: w_u, n neighbours (NEIGHBOR_RADIUS_REL r away), n random latents."""
+    """Rows: pretrained, unlearned. Columns: each w_u (up to 8); for one identity, n neighbours
+    (NEIGHBOR_RADIUS_REL r away); n random latents."""
     from guide_engine.engine.images import save_grid
 
     rng = torch.Generator().manual_seed(12345)
-    w = torch.cat([w_u, latents_around(w_u, n, NEIGHBOR_RADIUS_REL * r, rng), G_s.sample_latents(n, rng)])
+    near = latents_around(w_u[:1], n, NEIGHBOR_RADIUS_REL * r, rng) if len(w_u) == 1 else w_u[:0]
+    w = torch.cat([w_u[:8], near, G_s.sample_latents(n, rng)])
     images = torch.cat([G_s.synthesize(w), G_u.synthesize(w)])
     save_grid(images, path, nrow=len(w), scale=2, row_labels=["pretrained", "unlearned"])

@@ -118,8 +118,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(0.0, ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt).item())
 
 
-def _column(j: Judged, x_pre, x_un, xn_pre, xn_un, xr_pre, xr_un) -> dict:
-    """One network's figures: at w_u (mean over views), on the neighbours, on random faces."""
+def _at_identity(j: Judged, x_pre, x_un, xn_pre, xn_un) -> dict:
+    """One network's figures for one identity: at w_u (mean over views) and on its neighbours."""
     c, mean_emb = j.calib, torch.tensor(j.calib["mean_embedding"])
     d_pre, d_un = j.desc(x_pre), j.desc(x_un)
     cos, cos_c = (s.mean().item() for s in _sims(d_pre, d_un, mean_emb))
@@ -129,27 +129,17 @@ def _column(j: Judged, x_pre, x_un, xn_pre, xn_un, xr_pre, xr_un) -> dict:
         dn_pre, dn_un = j.desc(xn_pre), j.desc(xn_un)
         n_cos = _sims(dn_pre, dn_un, mean_emb)[0]
         n_dist = j.net.distance(dn_pre, dn_un)
-    dr_pre, dr_un = j.desc(xr_pre), j.desc(xr_un)
-    r_dist = j.net.distance(dr_pre, dr_un)
-    return {"id_sim": cos, "id_sim_centred": cos_c, "id_dist": id_dist,
-            "forgotten": id_dist >= c["strangers_dist_median"],
+    return {"id_sim": cos, "id_sim_centred": cos_c, "id_dist": id_dist, "forgotten": id_dist >= c["strangers_dist_median"],
             "neighbors_id_sim": n_cos.mean().item() if n else None,
-            "neighbors_forgotten_frac": (n_dist >= c["strangers_dist_median"]).float().mean().item() if n else None,
-            "kept": r_dist < c["strangers_dist_p5"],  # (N,) bool, combined across networks by the caller
-            "id_sim_mean": _sims(dr_pre, dr_un, mean_emb)[0].mean().item(),
-            "fd_embedding": frechet_distance(F.normalize(dr_pre, dim=1), F.normalize(dr_un, dim=1))}
+            "neighbors_forgotten_frac": (n_dist >= c["strangers_dist_median"]).float().mean().item() if n else None}
 
 
 @torch.no_grad()
-def evaluate(G_s, infer, train: Judged, judge: Judged, w_u: torch.Tensor, r: float, n_preserve: int = 256,
-             n_neighbors: int = 16, attack: dict | None = None, views: list | None = None,
-             infer_view=None) -> tuple[dict, dict]:
-    """G_s: the pretrained generator; infer: latents => images of the unlearned artifact (any backend).
-    train, judge: the training network and the judge with their calibrations.
-    attack: the result of `attack_figures`, or None when the attack was not run.
-    views, infer_view: 3D-aware generators (EG3D) judge the identity at w_u as the mean over these
-    cameras (GUIDE-SPEC section 4: 11 yaw views), rendered by infer_view(w, view).
-    => (report dict, images for the picture)."""
+def identity_figures(G_s, infer, train: Judged, judge: Judged, w_u: torch.Tensor, r: float, n_neighbors: int = 16,
+                     views: list | None = None, infer_view=None) -> tuple[dict, dict]:
+    """One identity w_u (1, *S): both networks at w_u and on its neighbours => (the report's row, images).
+    views, infer_view: 3D-aware generators (EG3D) judge the identity at w_u as the mean over these cameras
+    (GUIDE-SPEC section 4: 11 yaw views), rendered by infer_view(w, view)."""
     if views:
         x_pre = torch.cat([G_s.synthesize(w_u, v) for v in views])
         x_un = torch.cat([infer_view(w_u, v) for v in views])
@@ -158,7 +148,6 @@ def evaluate(G_s, infer, train: Judged, judge: Judged, w_u: torch.Tensor, r: flo
     else:
         x_pre = x_pre1 = G_s.synthesize(w_u)
         x_un = x_un1 = infer(w_u)
-
     # Neighbours: latents near w_u that the pretrained generator still renders as the same person
     # (closer than the strangers' 5th percentile under both networks).
     w_n = latents_around(w_u, 4 * n_neighbors, NEIGHBOR_RADIUS_REL * r, torch.Generator().manual_seed(7))
@@ -169,55 +158,71 @@ def evaluate(G_s, infer, train: Judged, judge: Judged, w_u: torch.Tensor, r: flo
     keep = same.nonzero().flatten()[:n_neighbors]
     w_n, xn_pre = w_n[keep], xn_pre[keep]
     xn_un = infer(w_n) if len(w_n) else xn_pre
+    t, jd = (_at_identity(j, x_pre, x_un, xn_pre, xn_un) for j in (train, judge))
+    # the training network's figures under the original names, the judge's as judge_*; `forgotten` is the
+    # verdict at w_u, which the judge gives
+    row = {"id_sim": t["id_sim"], "id_sim_centred": t["id_sim_centred"], "id_dist": t["id_dist"],
+           "forgotten": bool(jd["forgotten"]), "train_forgotten": bool(t["forgotten"]),
+           "judge_id_dist": jd["id_dist"], "judge_id_sim": jd["id_sim"], "id_views": len(views) if views else 1,
+           "neighbors_id_sim": t["neighbors_id_sim"], "neighbors_forgotten_frac": t["neighbors_forgotten_frac"],
+           "judge_neighbors_forgotten_frac": jd["neighbors_forgotten_frac"],
+           "neighbors_k": len(w_n), "neighbors_radius": NEIGHBOR_RADIUS_REL * r}
+    return row, {"x_pre": x_pre1, "x_un": x_un1, "xn_pre": xn_pre, "xn_un": xn_un}
 
-    # Preservation over random latents.
+
+@torch.no_grad()
+def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: int = 256) -> tuple[dict, dict]:
+    """Random latents: a face is kept when both networks call its pretrained and unlearned images the same
+    person (below the strangers' p5) => (the report's `preservation`, images)."""
     w_r = G_s.latents_for_seeds(range(PRESERVE_SEED0, PRESERVE_SEED0 + n_preserve))
     xr_pre, xr_un = in_batches(G_s.synthesize, w_r), in_batches(infer, w_r)
+    out, kept = {"n": n_preserve}, torch.ones(n_preserve, dtype=torch.bool)
+    for key, j in (("train", train), ("judge", judge)):
+        dr_pre, dr_un = j.desc(xr_pre), j.desc(xr_un)
+        same = j.net.distance(dr_pre, dr_un) < j.calib["strangers_dist_p5"]
+        kept &= same
+        prefix = "" if key == "train" else "judge_"  # the training network's figures keep their original names
+        out[f"{key}_same_person_frac"] = same.float().mean().item()
+        out[f"{prefix}id_sim_mean"] = _sims(dr_pre, dr_un, torch.tensor(j.calib["mean_embedding"]))[0].mean().item()
+        out[f"{prefix}fd_embedding"] = frechet_distance(F.normalize(dr_pre, dim=1), F.normalize(dr_un, dim=1))
+    out["same_person_frac"] = kept.float().mean().item()
+    out["pixel_l1"] = (xr_pre - xr_un).abs().mean().item()
+    return out, {"pre": xr_pre[:4], "un": xr_un[:4]}
 
-    t, jd = (_column(j, x_pre, x_un, xn_pre, xn_un, xr_pre, xr_un) for j in (train, judge))
-    kept = (t["kept"] & jd["kept"]).float().mean().item()
-    forgotten_level = bool(jd["forgotten"] and kept >= MIN_KEPT)
-    report = {
-        "identity_network": train.name,
-        "calibration": {k: v for k, v in train.calib.items() if k not in ("mean_embedding", "quantiles")},
-        "training_network": {"name": train.name, "distance": train.net.distance_name, "strangers": strangers(train.calib)},
-        "judge": {"name": judge.name, "distance": judge.net.distance_name, "strangers": strangers(judge.calib)},
-        # identity: the training network's figures under the original names, the judge's as judge_*;
-        # `forgotten` is the verdict at w_u, which the judge gives
-        "identity": {"id_sim": t["id_sim"], "id_sim_centred": t["id_sim_centred"], "id_dist": t["id_dist"],
-                     "forgotten": bool(jd["forgotten"]), "train_forgotten": bool(t["forgotten"]),
-                     "judge_id_dist": jd["id_dist"], "judge_id_sim": jd["id_sim"],
-                     "id_views": len(views) if views else 1,
-                     "neighbors_id_sim": t["neighbors_id_sim"],
-                     "neighbors_forgotten_frac": t["neighbors_forgotten_frac"],
-                     "judge_neighbors_forgotten_frac": jd["neighbors_forgotten_frac"],
-                     "neighbors_k": len(w_n), "neighbors_radius": NEIGHBOR_RADIUS_REL * r},
-        "preservation": {"n": n_preserve, "same_person_frac": kept,
-                         "train_same_person_frac": t["kept"].float().mean().item(),
-                         "judge_same_person_frac": jd["kept"].float().mean().item(),
-                         "id_sim_mean": t["id_sim_mean"], "judge_id_sim_mean": jd["id_sim_mean"],
-                         "pixel_l1": (xr_pre - xr_un).abs().mean().item(),
-                         "fd_embedding": t["fd_embedding"], "judge_fd_embedding": jd["fd_embedding"]},
-        "thresholds": {"forgotten_if_id_dist_at_least": train.calib["strangers_dist_median"],
-                       "kept_if_dist_below": train.calib["strangers_dist_p5"],
-                       "judge_forgotten_if_id_dist_at_least": judge.calib["strangers_dist_median"],
-                       "judge_kept_if_dist_below": judge.calib["strangers_dist_p5"],
-                       "robust_if_attack_dist_at_least": {"train": train.calib["strangers_dist_p1"],
-                                                          "judge": judge.calib["strangers_dist_p1"]},
-                       "min_same_person_frac": MIN_KEPT},
-        "levels": {"forgotten": forgotten_level,
-                   "robust": None if attack is None else bool(forgotten_level and attack["figures"]["robust"])},
-    }
-    if attack is not None:
-        report["attack"] = attack["figures"]
-        report["identity"].update(attack["legacy"])
-    k = min(4, len(w_n))
-    cos = [float(v) for v in _sims(train.desc(torch.cat([x_pre1, xn_pre[:k], xr_pre[:4]])),
-                                   train.desc(torch.cat([x_un1, xn_un[:k], xr_un[:4]])),
-                                   torch.tensor(train.calib["mean_embedding"]))[0]]
-    images = {"pre": torch.cat([x_pre1, xn_pre[:k], xr_pre[:4]]), "un": torch.cat([x_un1, xn_un[:k], xr_un[:4]]),
-              "sims": cos, "x_pre": x_pre1, "x_un": x_un1}
-    return report, images
+
+def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
+    """The two levels over all identities: forgotten (each at w_u, by the judge; others kept) and robust
+    (also each attack fails under both networks; None when the attack was not run)."""
+    forgotten = bool(all(r["forgotten"] for r in rows) and preservation["same_person_frac"] >= MIN_KEPT)
+    return {"forgotten": forgotten,
+            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if attacked else None}
+
+
+def thresholds(train: Judged, judge: Judged) -> dict:
+    return {"forgotten_if_id_dist_at_least": train.calib["strangers_dist_median"],
+            "kept_if_dist_below": train.calib["strangers_dist_p5"],
+            "judge_forgotten_if_id_dist_at_least": judge.calib["strangers_dist_median"],
+            "judge_kept_if_dist_below": judge.calib["strangers_dist_p5"],
+            "robust_if_attack_dist_at_least": {"train": train.calib["strangers_dist_p1"],
+                                               "judge": judge.calib["strangers_dist_p1"]},
+            "min_same_person_frac": MIN_KEPT}
+
+
+def network_info(j: Judged) -> dict:
+    return {"name": j.name, "distance": j.net.distance_name, "strangers": strangers(j.calib)}
+
+
+def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
+    """The identity closest to failing: the attack's best relative to the robust line when there is an
+    attack, else the judge's distance at w_u relative to the forgotten line."""
+    def margin(r: dict) -> float:
+        m = r["judge_id_dist"] / judge.calib["strangers_dist_median"]
+        if "attack" in r:
+            a = r["attack"]
+            m = min(m, a["judge_best"] / judge.calib["strangers_dist_p1"], a["train_best"] / train.calib["strangers_dist_p1"])
+        return m
+
+    return min(range(len(rows)), key=lambda i: margin(rows[i]))
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from guide_engine.kernels import latent_adjacency
 
 ALL_LOSSES = ("local", "adj", "glob")
 IDENTITY_STREAM = 300_007  # the identities an iteration trains come from seed * 1_000_003 + it + this
+ATTACKER_SEED = 7_919  # identity i's attacker pool is seeded with seed + ATTACKER_SEED * i
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,15 @@ class Batch:
     lat_t: torch.Tensor
     role: torch.Tensor
     view: object
-    n_identities: int
+    ids: torch.Tensor  # (B,) which identities (indices into w_u) this iteration trains
+
+    @property
+    def n_identities(self) -> int:
+        return len(self.ids)
 
     def rows(self, index) -> "Batch":
         """A part of the batch (a micro-batch, a rank's share) with the same loss normalisation."""
-        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.n_identities)
+        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.ids)
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
@@ -113,7 +118,7 @@ def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
     w_glob = w_r[b * cfg.n_adj:]
     view = G_s.sample_view(rng)
     return Batch(torch.cat([w_u[ids], src_adj, w_glob]), torch.cat([w_t[ids], tgt_adj, w_glob]),
-                 roles(b, cfg.n_adj, cfg.n_glob), view, b)
+                 roles(b, cfg.n_adj, cfg.n_glob), view, ids.cpu())
 
 
 def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
@@ -151,38 +156,43 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
     return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
 
 
-def _save_checkpoint(path: Path, G_u, opt, it: int, attacker: Attacker | None) -> None:
+def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -> None:
     from guide_engine.engine.models.zoo import atomic_write
 
-    state = {"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict()}
-    if attacker is not None:
-        state["attacker"] = attacker.state_dict()
+    state = {"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict(),
+             "attackers": [a.state_dict() for a in attackers]}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg: UnlearnConfig,
                    checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
-                   stop_after: int | None = None, perceptual=None, photo: torch.Tensor | None = None):
-    """=> (G_u, history). G_s stays frozen; a copy of it is fine-tuned. With `checkpoint`, the state is
-    saved every cfg.checkpoint_every iterations; `resume` continues from it. `perceptual`: a module
-    (x_a, x_b) => (N,) such as LPIPS-VGG; None = the LPIPS-style distance on identity features.
-    `photo`: what the robust mode's attacker inverts (None: the pretrained image of w_u)."""
+                   stop_after: int | None = None, perceptual=None, photo: torch.Tensor | None = None,
+                   init: dict | None = None):
+    """w_u, w_t (N, *S): the identities and their targets => (G_u, history). G_s stays frozen; a copy of it
+    (with the `init` state dict loaded: a run continued from another) is fine-tuned. With `checkpoint`,
+    the state is saved every cfg.checkpoint_every iterations; `resume` continues from it. `perceptual`:
+    a module (x_a, x_b) => (N,) such as LPIPS-VGG; None = the LPIPS-style distance on identity features.
+    `photo` (N, 3, H, W): what the robust mode's attackers invert, one per identity (None: what G_s
+    draws at each w_u)."""
     cfg.validate()
     G_s.eval()
     for p in G_s.parameters():
         p.requires_grad_(False)
     G_u = copy.deepcopy(G_s)
+    if init is not None:
+        G_u.load_state_dict(init)
     G_u.train_mode()
     params = list(G_u.trainable_parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    attacker = None
+    attackers: list[Attacker] = []  # one pool per identity (robust mode)
     if cfg.robust is not None:
         if photo is None:
             with torch.no_grad():
                 photo = G_s.synthesize(w_u)
-        attacker = Attacker(G_s, identity_net, photo.to(w_u.device), cfg.robust, cfg.seed)
+        attackers = [Attacker(G_s, identity_net, photo[i:i + 1].to(w_u.device), cfg.robust, cfg.seed + ATTACKER_SEED * i)
+                     for i in range(len(w_u))]
     start = 0
     if resume:
         if checkpoint is None or not checkpoint.is_file():
@@ -190,8 +200,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         state = torch.load(checkpoint, map_location=cfg.device, weights_only=True)
         G_u.load_state_dict(state["G_u"])
         opt.load_state_dict(state["opt"])
-        if attacker is not None:
-            attacker.load_state_dict(state["attacker"])
+        for a, s in zip(attackers, state["attackers"]):
+            a.load_state_dict(s)
         start = state["iter"]
     step = step_reference if cfg.reference_loop else step_batched
     history, t0 = [], time.perf_counter()
@@ -204,26 +214,28 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
         with torch.random.fork_rng(devices=[w_u.device] if w_u.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 1_000_003 + it)
-            if attacker is not None:
-                attacker.advance(G_u, it)  # the attacker moves first, against the current G_u
+            drawn = [attackers[i] for i in batch.ids.tolist()] if attackers else []
+            for a in drawn:
+                a.advance(G_u, it)  # the attackers move first, against the current G_u
             if cfg.micro_batch and not cfg.reference_loop:
                 losses = backward_micro_batched(G_u, G_s, identity_net, batch, cfg, perceptual)
             else:
                 losses = step(G_u, G_s, identity_net, batch, cfg, perceptual)
                 losses["total"].backward()
-            if attacker is not None:
-                found = attacker.loss(G_u, G_s, it)
-                found["robust"].backward()  # gradients add up: the total loss is GUIDE's plus this
-                losses["total"] = losses["total"].detach() + found["robust"].detach()
-                losses.update(robust=found["robust"].detach(), attack_dist=found["attack_dist"])
+            if drawn:
+                found = [a.loss(G_u, G_s, it) for a in drawn]
+                robust = sum(f["robust"] for f in found) / len(drawn)  # averaged over identities, like the pairs
+                robust.backward()  # gradients add up: the total loss is GUIDE's plus this
+                losses["total"] = losses["total"].detach() + robust.detach()
+                losses.update(robust=robust.detach(), attack_dist=min(f["attack_dist"] for f in found))
         opt.step()
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):
-            _save_checkpoint(checkpoint, G_u, opt, it + 1, attacker)
+            _save_checkpoint(checkpoint, G_u, opt, it + 1, attackers)
         if progress and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
             rate = (time.perf_counter() - t0) / len(history)
-            robust = f" robust {h['robust']:.4f} attack {h['attack_dist']:.3f}" if attacker is not None else ""
+            robust = f" robust {h['robust']:.4f} attack {h['attack_dist']:.3f}" if attackers else ""
             print(f"\runlearn {it + 1}/{cfg.iters} total {h['total']:.4f} local {h['local']:.4f} adj {h['adj']:.4f} "
                   f"glob {h['glob']:.4f}{robust} ({rate:.3f} s/it)", end="", file=sys.stderr)
     if progress:

@@ -1,10 +1,12 @@
 """`guide-engine verify` as a library function: a run or export directory => report.json, report.png.
 
 Graded by two networks side by side (guide/metrics.py): the training identity network and the judge,
-which no loss and no attacker saw. The re-inversion attacker (guide/attack.py) gets the photo (for a
-seed run: the pretrained image of w_u) and the unlearned generator. Verdict levels: `forgotten` and
-`robust`; `passed` is the level asked for (`require`). Exit semantics live in the CLI: passed => 0,
-failed => 1 (CheckFailed), usage errors => 2.
+which no loss and no attacker saw. Every identity of the run's ledger (guide/ledger.py) gets a row: the
+judge at its w_u, its neighbours, and the re-inversion attacker (guide/attack.py) with its photo (the
+photo itself when given with --image, else the pretrained image of w_u) against the unlearned
+generator; preservation is measured once. Verdict levels over all identities: `forgotten` and `robust`;
+`passed` is the level asked for (`require`). `identity` and `attack` repeat the worst identity's row.
+Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage errors => 2.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import zoo
 from guide_engine.engine.sampling import load_generator_source, read_json
-from guide_engine.guide import metrics
+from guide_engine.guide import ledger, metrics
 from guide_engine.guide.attack import AttackConfig
 from guide_engine.guide.job import state_sha256
 from guide_engine.guide.target import typical_radius
@@ -24,40 +26,34 @@ from guide_engine.guide.target import typical_radius
 LEVELS = ("forgotten", "robust")
 
 
-def _identity_latent(run: Path, shape: tuple[int, ...], key: str = "w_u") -> torch.Tensor:
-    """identity.json stores latents flattened => (1, *shape)."""
-    ident = run / "identity.json"
-    if not ident.is_file():
-        raise GuideEngineError(f"{run}: no identity.json; give a directory made by `guide-engine unlearn` or `export`")
-    return torch.tensor(read_json(ident)[key], dtype=torch.float32).view(1, *shape)
-
-
-def attack_photo(run: Path, G_s, w_u: torch.Tensor, image: str | None) -> tuple[torch.Tensor, str]:
-    """What the attacker holds => (photo (1, 3, H, W), how it was obtained). A photo run's own photo when
-    `image` is given (checked against the hash the run recorded); otherwise the pretrained image of w_u."""
-    how = read_json(run / "identity.json").get("latent", {})
-    if image is None:
-        with torch.no_grad():
-            photo = G_s.synthesize(w_u)
-        if how.get("source") == "inversion":
-            return photo, "pretrained image of w_u (the run's photo was not given: --image PHOTO attacks with it)"
-        return photo, "pretrained image of w_u (seed run)"
-    if how.get("source") != "inversion":
-        raise GuideEngineError(f"--image {image}: {run} forgot the generator's own identity at seed {how.get('seed')}, "
-                               f"not a photo; leave --image out")
+def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...]) -> list[tuple[torch.Tensor, str]]:
+    """What the attacker holds, per ledger identity => [(photo (1, 3, H, W), how it was obtained)]: a photo
+    identity's own photo when given (matched by its SHA-256), otherwise the pretrained image of w_u."""
     from guide_engine.engine.images import load_image
 
-    photo = load_image(image, G_s.resolution)
-    got = hashlib.sha256(Path(image).read_bytes()).hexdigest()
-    if got != how.get("photo_sha256"):
-        raise GuideEngineError(f"--image {image}: SHA-256 {got[:16]}... is not the photo this run forgot "
-                               f"({str(how.get('photo_sha256'))[:16]}...)")
-    return photo, "the run's photo"
+    by_sha = {}
+    for image in images:
+        sha = hashlib.sha256(Path(image).read_bytes()).hexdigest() if Path(image).is_file() else None
+        if sha is None or ledger.source_key(photo_sha256=sha) not in {e["key"] for e in book["identities"]}:
+            raise GuideEngineError(f"--image {image}: not a photo this run forgot (its SHA-256 is not in the ledger)")
+        by_sha[sha] = load_image(image, G_s.resolution)
+    out = []
+    for i, e in enumerate(book["identities"]):
+        how = e.get("latent", {})
+        if how.get("photo_sha256") in by_sha:
+            out.append((by_sha[how["photo_sha256"]], "the run's photo"))
+            continue
+        with torch.no_grad():
+            photo = G_s.synthesize(w_u[i:i + 1])
+        why = "(the run's photo was not given: --image PHOTO attacks with it)" if how.get("source") == "inversion" \
+            else "(seed run)"
+        out.append((photo, f"pretrained image of w_u {why}"))
+    return out
 
 
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
                reinversion: bool = True, judge: str = zoo.DEFAULT_JUDGE, require: str = "forgotten",
-               image: str | None = None, attack: AttackConfig = AttackConfig(), progress: bool = False) -> dict:
+               images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False) -> dict:
     run = Path(run)
     if n_preserve < 2:
         raise GuideEngineError(f"--n-preserve {n_preserve}: needs at least 2")
@@ -82,43 +78,69 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     if reinversion and G_u is None:
         raise GuideEngineError(f"{run}: the attack needs the unlearned PyTorch weights, and this export's source "
                                f"run is gone; give --no-reinversion (level robust is then not measured)")
+    book = ledger.read(run)
     G_s = zoo.load_generator(base_name)
     train_name = read_json(run / "manifest.json").get("identity_network", "dlib-resnet-v1") \
         if (run / "manifest.json").is_file() else "dlib-resnet-v1"
     train_net, judge_net = zoo.load_identity(train_name), zoo.load_judge(judge)
     base_sha = state_sha256(G_s)
+    ledger.check_base(book, base_name, base_sha, run)
     train = metrics.Judged(train_net, metrics.calibrate(G_s, train_net, base_sha))
     jdg = metrics.Judged(judge_net, metrics.calibrate(G_s, judge_net, base_sha))
-    w_u = _identity_latent(run, G_s.latent_shape)
-    attacked = None
+    w_u = ledger.latents(book, G_s.latent_shape)
+    photos = attack_photos(book, G_s, w_u, images) if reinversion else None
     if reinversion:
         for p in (*G_s.parameters(), *G_u.parameters()):
             p.requires_grad_(False)
-        photo, target = attack_photo(run, G_s, w_u, image)
-        attacked = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress)
     views = G_s.eval_views() if backend == "torch" and hasattr(G_s, "eval_views") else None
-    report, images = metrics.evaluate(G_s, infer, train, jdg, w_u, typical_radius(G_s), n_preserve,
-                                      attack=attacked, views=views, infer_view=G_u.synthesize if views else None)
-    report["backend"] = backend
-    report["required"] = require
+    r = typical_radius(G_s)
+    rows, pictures, attack_images = [], [], []
+    for i, entry in enumerate(book["identities"]):
+        row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
+                                             infer_view=G_u.synthesize if views else None)
+        row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
+        if reinversion:
+            photo, target = photos[i]
+            found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress)
+            row["attack"] = found["figures"]
+            row.update(found["legacy"])
+            attack_images.append(found["images"])
+        rows.append(row)
+        pictures.append(pics)
+    preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
+    k = metrics.worst(rows, jdg, train)
+    report = {"identity_network": train.name,
+              "calibration": {k_: v for k_, v in train.calib.items() if k_ not in ("mean_embedding", "quantiles")},
+              "training_network": metrics.network_info(train), "judge": metrics.network_info(jdg),
+              "identity": {key: v for key, v in rows[k].items() if key != "attack"},
+              "identities": rows, "n_identities": len(rows), "worst_identity": k,
+              "preservation": preservation, "thresholds": metrics.thresholds(train, jdg),
+              "levels": metrics.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
+    if reinversion:
+        report["attack"] = rows[k]["attack"]
     report["passed"] = bool(report["levels"][require])
-    if compare:
-        targets = [_identity_latent(Path(r), G_s.latent_shape, "w_t") for r in (run, *compare)]
-        report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, targets), "n_identities": len(targets),
-                            "network": judge_net.name}
+    targets = [ledger.latents(book, G_s.latent_shape, "w_t")] + \
+        [ledger.latents(ledger.read(Path(c)), G_s.latent_shape, "w_t") for c in compare]
+    n_targets = sum(len(x) for x in targets)
+    if n_targets > 1:  # several identities: do their targets collapse onto one face (UFO collapse)?
+        report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
+                            "n_identities": n_targets, "network": judge_net.name}
     zoo.write_json(run / "report.json", report)
-    save_report_picture(report, images, None if attacked is None else attacked["images"], run / "report.png")
+    save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None, run / "report.png")
     return report
 
 
-def save_report_picture(report: dict, images: dict, attack_images: dict | None, path: Path) -> None:
-    """report.png: the person, pretrained and unlearned at w_u, the attack's best faces, the thresholds and
-    the verdict in words; below it, pretrained vs unlearned at w_u, neighbours and random latents."""
+def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, attack_images: dict | None,
+                        path: Path) -> None:
+    """report.png: the worst identity (photo, pretrained and unlearned at w_u, the attack's best faces), the
+    thresholds and the verdict in words; below it, pretrained vs unlearned at each w_u (up to 8), the
+    worst identity's neighbours, and random latents."""
     from guide_engine.engine.images import make_grid, save_stack
 
-    t, i = report["training_network"], report["identity"]
+    t, i, k = report["training_network"], report["identity"], report["worst_identity"]
     short = t["name"].split("-")[0]  # dlib, arcface
-    top = [images["x_pre"], images["x_un"]]
+    worst = pictures[k]
+    top = [worst["x_pre"], worst["x_un"]]
     titles = ["pretrained w_u\n ", f"unlearned w_u\njudge {i['judge_id_dist']:.2f} {short} {i['id_dist']:.2f}"]
     if attack_images is not None:
         a = report["attack"]
@@ -126,11 +148,17 @@ def save_report_picture(report: dict, images: dict, attack_images: dict | None, 
         titles = ["attacker's photo\n ", *titles,
                   f"attack, unlearned\njudge {a['judge_best']:.2f} {short} {a['train_best']:.2f}",
                   f"attack, pretrained\njudge {a['judge_pretrained']:.2f} {short} {a['train_pretrained']:.2f}"]
-    n = len(images["sims"])
-    grid = make_grid(torch.cat([images["pre"], images["un"]]), nrow=n, scale=2, row_labels=["pretrained", "unlearned"],
-                     captions=[f"{s:.2f}" for s in images["sims"]] * 2)
-    save_stack([make_grid(torch.cat(top), nrow=len(top), scale=2, captions=titles), verdict_lines(report),
-                [f"below: {t['name']} cosine, pretrained vs unlearned: w_u, neighbours, random faces"], grid], path)
+    n_near = min(4, len(worst["xn_pre"]))
+    pre = torch.cat([*(p["x_pre"] for p in pictures[:8]), worst["xn_pre"][:n_near], random_faces["pre"]])
+    un = torch.cat([*(p["x_un"] for p in pictures[:8]), worst["xn_un"][:n_near], random_faces["un"]])
+    rows = report["identities"][:8]
+    captions = [f"judge {r['judge_id_dist']:.2f}" for r in rows] + ["neighbour"] * n_near + ["random"] * len(random_faces["pre"])
+    grid = make_grid(torch.cat([pre, un]), nrow=len(pre), scale=2, row_labels=["pretrained", "unlearned"],
+                     captions=[""] * len(pre) + captions)
+    head = f"worst of {report['n_identities']} identities: #{k}" if report["n_identities"] > 1 else "the identity"
+    save_stack([[head], make_grid(torch.cat(top), nrow=len(top), scale=2, captions=titles), verdict_lines(report),
+                ["below: each w_u (judge distance, pretrained vs unlearned), neighbours of the worst, random faces"],
+                grid], path)
 
 
 def verdict_lines(report: dict) -> list[str]:
@@ -141,8 +169,11 @@ def verdict_lines(report: dict) -> list[str]:
              f"training network {t['name']}: p1 {t['strangers']['p1']:.3f}, p5 {t['strangers']['p5']:.3f}, "
              f"median {t['strangers']['p50']:.3f}"]
     yes = lambda b: "YES" if b else "NO"  # noqa: E731
+    n = report.get("n_identities", 1)
+    who = "the person" if n == 1 else f"the person (the worst of {n}: {sum(r['forgotten'] for r in report['identities'])} " \
+                                      f"forgotten at w_u)"
     lines.append(f"forgotten: {yes(report['levels']['forgotten'])}, the judge puts the unlearned face "
-                 f"{i['judge_id_dist']:.3f} from the person (forgotten from {j['strangers']['p50']:.3f}); "
+                 f"{i['judge_id_dist']:.3f} from {who} (forgotten from {j['strangers']['p50']:.3f}); "
                  f"{p['same_person_frac']:.1%} of random faces kept (need {report['thresholds']['min_same_person_frac']:.0%})")
     if "attack" in report:
         a = report["attack"]
@@ -160,6 +191,10 @@ def verdict_lines(report: dict) -> list[str]:
     else:
         lines.append("robust to re-inversion: not measured (--no-reinversion)")
     return lines
+
+
+def yes_no(b) -> str:
+    return "-" if b is None else ("yes" if b else "no")
 
 
 def summary_table(report: dict) -> str:
@@ -181,9 +216,18 @@ def summary_table(report: dict) -> str:
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),
                  ("  strangers closer than the attack's face", a["train_strangers_closer_frac"], a["judge_strangers_closer_frac"])]
-    out = [f"{a:<46} {fmt(b):>30} {fmt(c):>30}" for a, b, c in rows]
+    n = report.get("n_identities", 1)
+    out = [f"worst of {n} identities: #{report['worst_identity']} ({i.get('key')})"] if n > 1 else []
+    out += [f"{a:<46} {fmt(b):>30} {fmt(c):>30}" for a, b, c in rows]
     out += [f"{'random faces kept by both networks':<46} {fmt(p['same_person_frac']):>30}",
             f"{'pixel L1 on random faces':<46} {fmt(p['pixel_l1']):>30}"]
+    if n > 1:  # a row each
+        out += ["", f"{'#':>3} {'identity':<24} {'judge at w_u':>12} {'forgotten':>9} {'attack: judge':>13} "
+                    f"{'attack: ' + t['name'][:5]:>13} {'robust':>6}"]
+        for k, r in enumerate(report["identities"]):
+            a = r.get("attack", {})
+            out.append(f"{k:>3} {str(r.get('key'))[:24]:<24} {r['judge_id_dist']:>12.3f} {yes_no(r['forgotten']):>9} "
+                       f"{fmt(a.get('judge_best')):>13} {fmt(a.get('train_best')):>13} {yes_no(a.get('robust')):>6}")
     if "target" in report:
         out.append(f"{'target collapse (' + report['target']['network'] + ' cos)':<46} {fmt(report['target']['collapse_sim']):>30}")
     out += [""] + verdict_lines(report)[2:]

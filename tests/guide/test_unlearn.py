@@ -96,10 +96,13 @@ def test_cli_tiny_run(tmp_path, generator):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["unlearn", "--seed", "3", "--out", str(out), "--iters", "3"])
     assert r.exit_code == 0, r.output
-    for f in ("generator.safetensors", "config.json", "identity.json", "manifest.json", "before_after.png"):
+    for f in ("generator.safetensors", "config.json", "identities.json", "manifest.json", "before_after.png"):
         assert (out / f).is_file(), f
     cfg = json.loads((out / "config.json").read_text())
-    ident = json.loads((out / "identity.json").read_text())
+    book = json.loads((out / "identities.json").read_text())
+    assert len(book["identities"]) == 1 and book["base_generator"] == "digiface-dcgan64"
+    ident = book["identities"][0]
+    assert ident["key"] == "seed:3" and ident["run"] == "run"
     assert cfg["target_distance"] == pytest.approx(cfg["target_distance_rel"] * cfg["radius"])
     assert ident["latent"] == {"source": "seed", "seed": 3}
     search = ident["target_search"]  # identity-checked UFO: the chosen target is the farthest candidate
@@ -108,6 +111,7 @@ def test_cli_tiny_run(tmp_path, generator):
     assert ident["norm_w_t"] == pytest.approx(cfg["target_distance"], rel=1e-4)
     man = json.loads((out / "manifest.json").read_text())
     assert man["base_sha256"] != man["result_sha256"]
+    assert man["identities"] == [ident["identity_hash"]] and book["base_sha256"] == man["base_sha256"]
     assert not (tmp_path / "run.partial").exists()
     r = CliRunner().invoke(main, ["sample", "--generator", str(out), "--seeds", "0", "--out", str(tmp_path / "s.npy")])
     assert r.exit_code == 0, r.output
@@ -123,7 +127,8 @@ def test_cli_from_image(tmp_path, generator):
     r = CliRunner().invoke(main, ["unlearn", "--image", str(tmp_path / "face.png"), "--out", str(out), "--iters", "2",
                                   "--invert-steps", "5"])
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "identity.json").read_text())["latent"]["source"] == "inversion"
+    entry = json.loads((out / "identities.json").read_text())["identities"][0]
+    assert entry["latent"]["source"] == "inversion" and entry["key"] == f"photo:{entry['latent']['photo_sha256']}"
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -134,7 +139,8 @@ def test_cli_from_image(tmp_path, generator):
     (["--seed", "1", "--generator", "stylegan-nope"], "known generators"),
     (["--seed", "1", "--losses", "local,bogus"], "--losses"),
     (["--seed", "1", "--target-angle", "120"], "--target-angle"),
-    ([], "exactly one"),
+    ([], "nothing to forget"),
+    (["--images", "nodir"], "not a directory"),
 ])
 def test_bad_inputs(tmp_path, monkeypatch, args, msg):
     from PIL import Image
