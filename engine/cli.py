@@ -158,8 +158,11 @@ def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_p
                     invert_steps=invert_steps, checkpoint_every=checkpoint_every, reference_loop=reference_loop,
                     micro_batch=micro_batch, robust=RobustConfig() if robust else None, resume=resume)
     run = unlearn_job(job)
-    click.echo(f"unlearned generator: {run}/generator.safetensors; ledger: {run}/identities.json; "
-               f"before/after: {run}/before_after.png")
+    from guide_engine.guide import distributed
+
+    if distributed.is_writer():  # under torchrun, rank 0 speaks for the job
+        click.echo(f"unlearned generator: {run}/generator.safetensors; ledger: {run}/identities.json; "
+                   f"before/after: {run}/before_after.png")
 
 
 # ---------------------------------------------------------------------------------------------

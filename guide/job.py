@@ -32,7 +32,7 @@ from guide_engine.engine import __version__
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import nvlabs, zoo
 from guide_engine.engine.sampling import read_json
-from guide_engine.guide import ledger
+from guide_engine.guide import distributed, ledger
 from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.robust import RobustConfig
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
@@ -202,6 +202,13 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     job.validate()
     from guide_engine.engine.images import load_image
 
+    if distributed.init_from_env(job.device):  # under torchrun: one device per rank, rank 0 speaks and writes
+        if job.device.startswith("cuda"):
+            local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            job = dataclasses.replace(job, device=f"cuda:{local}")
+        progress = progress and distributed.is_writer()
+
     for src in job.sources:  # every photo readable before any work starts
         if src.image is not None:
             load_image(src.image, 8)
@@ -234,7 +241,9 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     a_rel = ALPHA_PER_D * d / r if job.alpha_max_rel is None else job.alpha_max_rel
     w_avg = G_s.average_latent()
     t0 = time.perf_counter()
-    if job.resume and (partial / ledger.LEDGER).is_file():  # identities and targets were chosen before the interruption
+    if distributed.rank() > 0:  # rank 0 chooses the identities and targets (inversion included); the others wait
+        book, photos = None, [None] * len(new)
+    elif job.resume and (partial / ledger.LEDGER).is_file():  # identities and targets were chosen before the interruption
         book = read_json(partial / ledger.LEDGER)
         if [e["key"] for e in book["identities"][len(forgotten_before):]] != [photo_keys[s] for s in new]:
             raise GuideEngineError(f"--resume: {partial} was started for other identities; give the same ones")
@@ -259,6 +268,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                 "radius_r": r, "target_distance_d": d, "target_distance_rel": d / r,
                 "identity_distance_name": id_net.distance_name,
                 "identities": (old or {}).get("identities", []) + entries}
+    book = distributed.broadcast(book)
     t_invert = time.perf_counter() - t0
 
     shape = G_s.latent_shape
@@ -280,18 +290,20 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         checkpoint_every=job.checkpoint_every, reference_loop=job.reference_loop,
                         micro_batch=job.micro_batch, perceptual=perceptual_name, robust=robust,
                         identities_per_iter=job.identities_per_iter)
-    partial.mkdir(parents=True, exist_ok=True)
-    zoo.write_json(partial / ledger.LEDGER, book)
-    zoo.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
-        "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
-        "identities_trained": len(w_u)}})
+    if distributed.is_writer():
+        partial.mkdir(parents=True, exist_ok=True)
+        zoo.write_json(partial / ledger.LEDGER, book)
+        zoo.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
+            "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
+            "identities_trained": len(w_u), "ranks": distributed.world()}})
+    distributed.barrier()
     t1 = time.perf_counter()
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=job.resume,
                                   progress=progress, stop_after=stop_after, perceptual=perceptual,
                                   photo=torch.cat(photos), init=init)
     t_unlearn = time.perf_counter() - t1
-    if stop_after is not None and stop_after < iters:
-        return partial  # interrupted on purpose (tests): resumable
+    if (stop_after is not None and stop_after < iters) or not distributed.is_writer():
+        return partial  # interrupted on purpose (tests): resumable; or a rank that does not write
 
     from safetensors.torch import save_file
 

@@ -12,6 +12,7 @@ with it): resuming needs no RNG state.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.guide import distributed
 from guide_engine.guide.losses import Terms, guide_loss, pair_terms, roles
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
@@ -130,15 +132,19 @@ def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perce
     return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
 
 
-def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig,
-                           perceptual=None) -> dict[str, torch.Tensor]:
+def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None,
+                           scale: float = 1.0) -> dict[str, torch.Tensor]:
     """step_batched over chunks of cfg.micro_batch latents, each chunk's backward at once: the loss is a
     sum over latents, so the accumulated gradient is the full one, with 1/chunks of the activations
-    alive (EG3D at 512 px). => the detached losses; the gradients are in .grad."""
+    alive (EG3D at 512 px). Under DDP only the last chunk's backward synchronises gradients.
+    => the detached losses; the gradients (of `scale` times the loss) are in .grad."""
     total: dict[str, torch.Tensor] = {}
-    for i in range(0, batch.lat_u.shape[0], cfg.micro_batch):
-        part = step_batched(G_u, G_s, identity_net, batch.rows(slice(i, i + cfg.micro_batch)), cfg, perceptual)
-        part["total"].backward()
+    starts = range(0, batch.lat_u.shape[0], cfg.micro_batch)
+    for i in starts:
+        last = i == starts[-1]
+        with contextlib.nullcontext() if last or not hasattr(G_u, "no_sync") else G_u.no_sync():
+            part = step_batched(G_u, G_s, identity_net, batch.rows(slice(i, i + cfg.micro_batch)), cfg, perceptual)
+            (scale * part["total"]).backward()
         for k, v in part.items():
             total[k] = total.get(k, 0) + v.detach()
     return total
@@ -186,6 +192,12 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    trainee = G_u  # what the step calls: G_u itself, or G_u behind DistributedDataParallel
+    if distributed.active():
+        if cfg.reference_loop or cfg.robust is not None:
+            raise GuideEngineError("under torch.distributed: --reference-loop and --robust are refused (the reference "
+                                   "loop is for timing one process; the attackers' pools are not sharded yet)")
+        trainee = distributed.DDPGenerator(G_u, cfg.device)
     attackers: list[Attacker] = []  # one pool per identity (robust mode)
     if cfg.robust is not None:
         if photo is None:
@@ -209,6 +221,13 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     for it in range(start, end):
         t_it = time.perf_counter()
         batch = iteration_latents(G_s, w_u, w_t, cfg, it)
+        scale = 1.0
+        if distributed.active():  # this rank's share; DDP averages gradients over ranks, so each loss counts K times
+            mine = distributed.shard_rows(batch.role, batch.n_identities, cfg.n_adj, distributed.rank(), distributed.world())
+            scale = float(distributed.world())
+            if len(mine) == 0:  # nothing for this rank this time: a zero-weighted row keeps DDP's all-reduce in step
+                mine, scale = torch.tensor([len(batch.role) - 1]), 0.0
+            batch = batch.rows(mine)
         opt.zero_grad(set_to_none=True)
         # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
@@ -218,10 +237,10 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             for a in drawn:
                 a.advance(G_u, it)  # the attackers move first, against the current G_u
             if cfg.micro_batch and not cfg.reference_loop:
-                losses = backward_micro_batched(G_u, G_s, identity_net, batch, cfg, perceptual)
+                losses = backward_micro_batched(trainee, G_s, identity_net, batch, cfg, perceptual, scale)
             else:
-                losses = step(G_u, G_s, identity_net, batch, cfg, perceptual)
-                losses["total"].backward()
+                losses = step(trainee, G_s, identity_net, batch, cfg, perceptual)
+                (scale * losses["total"]).backward()
             if drawn:
                 found = [a.loss(G_u, G_s, it) for a in drawn]
                 robust = sum(f["robust"] for f in found) / len(drawn)  # averaged over identities, like the pairs
@@ -229,9 +248,15 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
                 losses["total"] = losses["total"].detach() + robust.detach()
                 losses.update(robust=robust.detach(), attack_dist=min(f["attack_dist"] for f in found))
         opt.step()
+        if distributed.active():  # the iteration's losses, summed over the ranks' shares
+            losses = {k: v.detach() * (scale / distributed.world()) for k, v in losses.items()}
+            for v in losses.values():
+                torch.distributed.all_reduce(v)
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):
-            _save_checkpoint(checkpoint, G_u, opt, it + 1, attackers)
+            if distributed.is_writer():
+                _save_checkpoint(checkpoint, G_u, opt, it + 1, attackers)
+            distributed.barrier()
         if progress and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
             rate = (time.perf_counter() - t0) / len(history)
