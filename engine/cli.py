@@ -136,14 +136,16 @@ def sample(source: str, seeds: str, out: str, backend: str, device: str | None) 
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
 @click.option("--robust", is_flag=True,
               help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None,
+              help="Networks' passes in bf16 autocast or fp32 (weights, Adam and losses stay fp32) [see README].")
 def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
             target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
-            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust) -> None:
+            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust, precision) -> None:
     """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
     request after another (--generator RUN_DIR)."""
     from guide_engine.engine.images import parse_seeds
     from guide_engine.engine.sampling import default_device
-    from guide_engine.guide.job import JobConfig, collect_sources, unlearn_job
+    from guide_engine.guide.job import DEFAULT_PRECISION, JobConfig, collect_sources, unlearn_job
     from guide_engine.guide.robust import RobustConfig
 
     seed_list = ([] if seed is None else [seed]) + (parse_seeds(seeds) if seeds else [])
@@ -156,7 +158,8 @@ def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_p
                     alpha_max_rel=alpha_max_rel, losses=tuple(s.strip() for s in losses.split(",") if s.strip()),
                     identities_per_iter=identities_per_iter, device=default_device(device), run_seed=run_seed,
                     invert_steps=invert_steps, checkpoint_every=checkpoint_every, reference_loop=reference_loop,
-                    micro_batch=micro_batch, robust=RobustConfig() if robust else None, resume=resume)
+                    micro_batch=micro_batch, robust=RobustConfig() if robust else None,
+                    precision=precision or DEFAULT_PRECISION, resume=resume)
     run = unlearn_job(job)
     from guide_engine.guide import distributed
 
@@ -206,13 +209,15 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--image", "images", multiple=True, help="A photo the run forgot: the attacker inverts it (repeatable).")
 @click.option("--attack-starts", type=int, default=8, show_default=True, help="Re-inversion attack: starts from the prior.")
 @click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
+@click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
+              help="Networks' passes during the attack [see README].")
 @click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @nvlabs_options
-def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, no_reinversion, n_preserve, compare,
-           as_json) -> None:
+def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, no_reinversion,
+           n_preserve, compare, as_json) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
     attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
     only if the required level holds for all of them."""
@@ -220,11 +225,13 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 
     from guide_engine.engine.errors import CheckFailed
     from guide_engine.guide.attack import AttackConfig
+    from guide_engine.guide.job import DEFAULT_PRECISION
     from guide_engine.guide.verify import summary_table, verify_run
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
-                        attack=AttackConfig(starts=attack_starts, steps=attack_steps), progress=not as_json)
+                        attack=AttackConfig(starts=attack_starts, steps=attack_steps,
+                                            precision=attack_precision or DEFAULT_PRECISION), progress=not as_json)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
         raise CheckFailed(f"verification failed (required level: {require}): see {run_dir}/report.json")

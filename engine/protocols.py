@@ -6,10 +6,14 @@ The embedded defaults (DCGAN 64x64, dlib ResNet) implement them; bring-your-own 
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from guide_engine.engine.precision import autocast
+from guide_engine.engine.precision import check as check_precision
 
 
 @runtime_checkable
@@ -45,7 +49,8 @@ class Generator(Protocol):
 
 @runtime_checkable
 class IdentityNetwork(Protocol):
-    """A face-identity network e: image -> unit-norm embedding."""
+    """A face-identity network e: image -> unit-norm embedding. Outputs are float32 whatever precision
+    the network computes in (engine/precision.py)."""
 
     name: str
     dim: int  # embedding size D
@@ -70,21 +75,34 @@ class IdentityNetwork(Protocol):
 class FrozenIdentityNet(nn.Module):
     """What identity-network adapters share: a frozen backbone `net` (net(x) => raw descriptors,
     net.forward_features(x) => (feature maps, raw descriptors)) behind the model's own `to_input`.
-    Subclasses set dim, threshold, distance_name, feature_name and define to_input and distance."""
+    Subclasses set dim, threshold, distance_name, feature_name and define to_input and distance.
+    `precision` (engine/precision.py) is that of the backbone's convolutions; the input's preparation
+    and every output stay float32 (`at_precision` gives a view at another precision)."""
+
+    precision = "fp32"
 
     def __init__(self, net: nn.Module, name: str):
         super().__init__()
         self.name, self.net = name, net.eval().requires_grad_(False)
+
+    def at_precision(self, precision: str) -> "FrozenIdentityNet":
+        """The same network (shared weights) running its convolutions at `precision`."""
+        view = copy.copy(self)
+        view.precision = check_precision(precision)
+        return view
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] => what the backbone takes."""
         raise NotImplementedError
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.net.forward_features(self.to_input(images))
+        with autocast(self.precision, images.device):
+            feats, desc = self.net.forward_features(self.to_input(images.float()))
+        return [f.float() for f in feats], desc.float()
 
     def descriptors(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.to_input(images))
+        with autocast(self.precision, images.device):
+            return self.net(self.to_input(images.float())).float()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(self.descriptors(images), dim=1)

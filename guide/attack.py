@@ -21,6 +21,7 @@ class AttackConfig:
     steps: int = 300
     lr: float = 0.05  # the inversion's own step size
     seed: int = 100  # the starts are G.sample_latents(starts, torch.Generator().manual_seed(seed))
+    precision: str = "fp32"  # of the networks during the descent (engine/precision.py)
 
 
 def reinvert(generator, identity_net, photo: torch.Tensor, cfg: AttackConfig = AttackConfig(),
@@ -28,4 +29,4 @@ def reinvert(generator, identity_net, photo: torch.Tensor, cfg: AttackConfig = A
     """photo (1, 3, H, W) in [-1, 1] => (starts, *S) the latents the attacker ends at, one per start."""
     photo = photo.to(generator.average_latent().device)
     starts = generator.sample_latents(cfg.starts, torch.Generator().manual_seed(cfg.seed)).to(photo)
-    return descend(generator, identity_net, photo, starts, cfg.steps, cfg.lr, progress, label)
+    return descend(generator, identity_net, photo, starts, cfg.steps, cfg.lr, progress, label, cfg.precision)

@@ -25,13 +25,19 @@ def inversion_loss(generator, identity_net, w, image, feats_x, desc_x):
     return mse + p + identity_distance(desc, desc_x.expand(n, -1), reduction="none"), mse
 
 
+def at_precision(identity_net, precision: str):
+    """The identity network at `precision` (networks without the option run as they are: fp32)."""
+    return identity_net.at_precision(precision) if hasattr(identity_net, "at_precision") else identity_net
+
+
 def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, steps: int, lr: float = 0.05,
-            progress: bool = True, label: str = "invert") -> torch.Tensor:
+            progress: bool = True, label: str = "invert", precision: str = "fp32") -> torch.Tensor:
     """Adam on K latents at once, each against the same photo: (K, *S) starts => (K, *S) latents.
     The loss is a sum of per-latent losses and Adam is elementwise, so each row follows the path it would
     follow alone (one generator call per step instead of K). Gradients flow to w only: the generator's
     parameters get none, even when they require grad (the unlearning loop's G_u)."""
-    with torch.no_grad():
+    identity_net = at_precision(identity_net, precision)
+    with torch.no_grad():  # the photo's side: computed once
         feats_x, desc_x = identity_net.features(image)
     w = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
@@ -49,16 +55,17 @@ def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, s
 
 def invert(generator, identity_net, image: torch.Tensor, steps: int = 300, lr: float = 0.05,
            start: torch.Tensor | None = None, n_starts: int = 64, seed: int = 0,
-           progress: bool = True) -> tuple[torch.Tensor, float]:
+           progress: bool = True, precision: str = "fp32") -> tuple[torch.Tensor, float]:
     """image (1, 3, H, W) in [-1, 1] at the generator's resolution => (w (1, *S), final pixel MSE)."""
     image = image.to(generator.average_latent().device)
     if start is None:
+        net = at_precision(identity_net, precision)
         with torch.no_grad():
-            feats_x, desc_x = identity_net.features(image)
+            feats_x, desc_x = net.features(image)
             cands = torch.cat([generator.average_latent(),
                                generator.sample_latents(n_starts - 1, torch.Generator().manual_seed(seed))])
-            start = cands[inversion_loss(generator, identity_net, cands, image, feats_x, desc_x)[0].argmin()][None]
-    w = descend(generator, identity_net, image, start, steps, lr, progress)
+            start = cands[inversion_loss(generator, net, cands, image, feats_x, desc_x)[0].argmin()][None]
+    w = descend(generator, identity_net, image, start, steps, lr, progress, precision=precision)
     with torch.no_grad():
         err = (generator.synthesize(w) - image).pow(2).mean().item()
     return w, err

@@ -44,6 +44,7 @@ ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as 
 TARGET_SEARCH = 64  # identity-checked UFO: candidates on the far side (0 = the formula alone)
 TARGET_ANGLE_DEG = 30.0  # ... at most this far from the formula's direction
 DEFAULT_ITERS = 400  # one identity (official: 1000; see README)
+DEFAULT_PRECISION = "fp32"  # of the networks' passes in the loop, the inversion and the attack (README: measured)
 UPDATES_PER_IDENTITY = 200  # with many: iterations in which each identity is drawn, on average (measured: README)
 
 
@@ -100,6 +101,7 @@ class JobConfig:
     reference_loop: bool = False
     micro_batch: int = 0
     robust: RobustConfig | None = None
+    precision: str = DEFAULT_PRECISION
     resume: bool = False
 
     def validate(self) -> None:
@@ -109,7 +111,7 @@ class JobConfig:
         UnlearnConfig(iters=DEFAULT_ITERS if self.iters is None else self.iters, lr=self.lr, losses=self.losses,
                       micro_batch=self.micro_batch,
                       reference_loop=self.reference_loop, robust=self.robust,
-                      identities_per_iter=self.identities_per_iter).validate()
+                      identities_per_iter=self.identities_per_iter, precision=self.precision).validate()
         if self.target_search < 0 or not 0 <= self.target_angle <= 90:
             raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
         if self.out.exists() and not self.resume:
@@ -185,7 +187,8 @@ def continued_run(run: Path) -> tuple[str, dict, dict, str]:
     return m["generator"], state, ledger.read(run), got
 
 
-def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool,
+                  precision: str = "fp32") -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """=> (w_u (1, *S), how it was obtained, the photo (1, 3, H, W) or None for a seed)."""
     if src.image is None:
         return G_s.latents_for_seeds([src.seed]).to(G_s.average_latent().device), {"source": "seed", "seed": src.seed}, None
@@ -193,8 +196,8 @@ def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool) -
     from guide_engine.guide.invert import invert
 
     photo = load_image(src.image, G_s.resolution).to(G_s.average_latent().device)
-    w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress)
-    return w_u, {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err,
+    w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress, precision=precision)
+    return w_u, {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err, "precision": precision,
                  "photo_sha256": hashlib.sha256(Path(src.image).read_bytes()).hexdigest()}, photo
 
 
@@ -251,7 +254,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     else:
         entries, photos = [], []
         for i, src in enumerate(new):
-            w_u, how, photo = find_identity(G_s, id_net, src, job.invert_steps, progress)
+            w_u, how, photo = find_identity(G_s, id_net, src, job.invert_steps, progress, job.precision)
             if job.target == "extra":
                 w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, job.target_search, job.target_angle,
                                                 torch.Generator().manual_seed(job.run_seed + i))
@@ -289,7 +292,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         target_angle=job.target_angle, losses=job.losses, seed=job.run_seed, device=device,
                         checkpoint_every=job.checkpoint_every, reference_loop=job.reference_loop,
                         micro_batch=job.micro_batch, perceptual=perceptual_name, robust=robust,
-                        identities_per_iter=job.identities_per_iter)
+                        identities_per_iter=job.identities_per_iter, precision=job.precision)
     if distributed.is_writer():
         partial.mkdir(parents=True, exist_ok=True)
         zoo.write_json(partial / ledger.LEDGER, book)

@@ -51,15 +51,20 @@ class Terms:
         return W_MSE * self.mse + W_P * self.perceptual + W_ID * self.identity
 
 
-def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", perceptual=None) -> Terms:
+def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", perceptual=None, target=None,
+               source=None) -> Terms:
     """Images (N, 3, H, W) from G_u (with grad) and G_s (constant), and their representations => Terms.
     perceptual: None = LPIPS-style on the identity net's features (one shared forward pass), or a
-    module (x_u, x_t) => (N,) such as LPIPS-VGG."""
+    module (x_u, x_t) => (N,) such as LPIPS-VGG. target, source: the identity net's (features,
+    descriptors) of x_t, x_u when the caller has them already (guide/unlearn.py caches the constant
+    targets); None computes them."""
     mse = (rep_u - rep_t).pow(2).flatten(1).mean(dim=1)
     if perceptual is None:
-        feats_u, desc_u = identity_net.features(x_u)
-        with torch.no_grad():
-            feats_t, desc_t = identity_net.features(x_t)
+        feats_u, desc_u = identity_net.features(x_u) if source is None else source
+        if target is None:
+            with torch.no_grad():
+                target = identity_net.features(x_t)
+        feats_t, desc_t = target
         p = feature_distance(feats_u, feats_t)
     else:
         desc_u = identity_net.descriptors(x_u)

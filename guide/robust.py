@@ -99,10 +99,10 @@ class Attacker:
         return self.net.distance(desc, self.desc_x.expand_as(desc))
 
     def loss(self, G_u, G_s, it: int) -> dict[str, torch.Tensor]:
-        """The loss on what the attacker found: hinge past the margin + anchor toward G_s at the same latents,
-        plus `preserve` extra random latents kept at G_s."""
-        m = self.cfg.pool
+        """The loss on what the attacker found: hinge past the margin + anchor toward G_s at the same latents
+        (the pool), plus `preserve` extra random latents kept at G_s."""
         w = self.w.detach()
+        m = len(w)  # hinged rows
         if self.cfg.preserve:
             rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + PRESERVE_OFFSET)
             w = torch.cat([w, self.sample(self.cfg.preserve, rng)])
@@ -115,8 +115,9 @@ class Attacker:
         p = feature_distance(feats_u, feats_s)
         total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum() + self.cfg.anchor * p[:m].sum()
         if self.cfg.preserve:
-            kept = pair_terms(self.net, x_u[m:], x_s[m:], x_u[m:], x_s[m:]).pair()
-            total = total + kept.sum()
+            kept = pair_terms(self.net, x_u[m:], x_s[m:], x_u[m:], x_s[m:], source=([f[m:] for f in feats_u], desc_u[m:]),
+                              target=([f[m:] for f in feats_s], desc_s[m:]))
+            total = total + kept.pair().sum()
         return {"robust": total, "attack_dist": dist.min().detach()}
 
     def state_dict(self) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.precision import check as check_precision
 from guide_engine.guide import distributed
-from guide_engine.guide.losses import Terms, guide_loss, pair_terms, roles
+from guide_engine.guide.losses import LOCAL, Terms, guide_loss, pair_terms, roles
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
 
@@ -59,6 +61,8 @@ class UnlearnConfig:
     perceptual: str = ""
     kernels: str = "auto"
     robust: RobustConfig | None = None  # attack-aware unlearning (guide/robust.py); None = GUIDE alone
+    precision: str = "fp32"  # of the identity network's convolutions: fp32 or bf16 (engine/precision.py)
+    cache_targets: bool = True  # compute the local pairs' constant target side once (TargetCache)
 
     def validate(self) -> None:
         if self.iters < 1:
@@ -70,6 +74,7 @@ class UnlearnConfig:
             raise GuideEngineError(f"--losses {','.join(self.losses)}: choose from local,adj,glob")
         if self.micro_batch < 0:
             raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
+        check_precision(self.precision)
         if self.identities_per_iter < 1:
             raise GuideEngineError(f"--identities-per-iter {self.identities_per_iter}: must be at least 1")
         if self.robust is not None:
@@ -98,6 +103,7 @@ class Batch:
     role: torch.Tensor
     view: object
     ids: torch.Tensor  # (B,) which identities (indices into w_u) this iteration trains
+    identity: torch.Tensor  # (rows,) the identity of each local and adjacency row; -1 for global rows
 
     @property
     def n_identities(self) -> int:
@@ -105,7 +111,7 @@ class Batch:
 
     def rows(self, index) -> "Batch":
         """A part of the batch (a micro-batch, a rank's share) with the same loss normalisation."""
-        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.ids)
+        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.ids, self.identity[index])
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
@@ -119,21 +125,55 @@ def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
     src_adj, tgt_adj = latent_adjacency(own_u, own_t, w_r[:b * cfg.n_adj], alpha, impl=cfg.kernels)
     w_glob = w_r[b * cfg.n_adj:]
     view = G_s.sample_view(rng)
+    ids = ids.cpu()
+    identity = torch.cat([ids, ids.repeat_interleave(cfg.n_adj), torch.full((cfg.n_glob,), -1, dtype=ids.dtype)])
     return Batch(torch.cat([w_u[ids], src_adj, w_glob]), torch.cat([w_t[ids], tgt_adj, w_glob]),
-                 roles(b, cfg.n_adj, cfg.n_glob), view, ids.cpu())
+                 roles(b, cfg.n_adj, cfg.n_glob), view, ids, identity)
 
 
-def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+class TargetCache:
+    """The local pairs' target side, G_s(w_t) and the identity network's features of it: constants of a run
+    when the generator has no camera (EG3D renders each iteration from another one). Computed once, at
+    the run's precision; the adjacency and global targets change every iteration and are not cached."""
+
+    def __init__(self, G_s, identity_net, w_t: torch.Tensor, cfg: UnlearnConfig, perceptual=None):
+        with torch.no_grad():
+            self.x, self.rep = G_s.synthesize_with_representation(w_t, None)
+            self.feats, self.desc = identity_net.features(self.x) if perceptual is None else (None, None)
+        self.with_features = perceptual is None
+
+    @staticmethod
+    def usable(G_s) -> bool:
+        return G_s.sample_view(torch.Generator().manual_seed(0)) is None
+
+    def target_side(self, G_s, identity_net, batch: Batch):
+        """=> (x_t, rep_t, identity features of x_t or None) for the batch's rows: the local rows (first in a
+        batch, and so in any part of one: parts keep the order) from the cache, the others computed."""
+        ids = batch.identity[batch.role == LOCAL].to(self.x.device)  # the local rows' identities
+        rest = batch.lat_t[len(ids):]
+        x, rep = G_s.synthesize_with_representation(rest, batch.view) if len(rest) else (self.x[:0], self.rep[:0])
+        x_t, rep_t = torch.cat([self.x[ids], x]), torch.cat([self.rep[ids], rep])
+        if not self.with_features:
+            return x_t, rep_t, None
+        feats, desc = identity_net.features(x) if len(rest) else ([f[:0] for f in self.feats], self.desc[:0])
+        return x_t, rep_t, ([torch.cat([c[ids], f]) for c, f in zip(self.feats, feats)], torch.cat([self.desc[ids], desc]))
+
+
+def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None,
+                 cache: TargetCache | None = None) -> dict[str, torch.Tensor]:
     """One generator call per side for all the batch's latents => the named losses."""
     x_u, rep_u = G_u.synthesize_with_representation(batch.lat_u, batch.view)  # one call per side
     with torch.no_grad():
-        x_t, rep_t = G_s.synthesize_with_representation(batch.lat_t, batch.view)
-    terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual)
+        if cache is None:
+            (x_t, rep_t), target = G_s.synthesize_with_representation(batch.lat_t, batch.view), None
+        else:
+            x_t, rep_t, target = cache.target_side(G_s, identity_net, batch)
+    terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual, target=target)
     return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
 
 
 def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None,
-                           scale: float = 1.0) -> dict[str, torch.Tensor]:
+                           scale: float = 1.0, cache: TargetCache | None = None) -> dict[str, torch.Tensor]:
     """step_batched over chunks of cfg.micro_batch latents, each chunk's backward at once: the loss is a
     sum over latents, so the accumulated gradient is the full one, with 1/chunks of the activations
     alive (EG3D at 512 px). Under DDP only the last chunk's backward synchronises gradients.
@@ -143,7 +183,8 @@ def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnCon
     for i in starts:
         last = i == starts[-1]
         with contextlib.nullcontext() if last or not hasattr(G_u, "no_sync") else G_u.no_sync():
-            part = step_batched(G_u, G_s, identity_net, batch.rows(slice(i, i + cfg.micro_batch)), cfg, perceptual)
+            part = step_batched(G_u, G_s, identity_net, batch.rows(slice(i, i + cfg.micro_batch)), cfg, perceptual,
+                                cache)
             (scale * part["total"]).backward()
         for k, v in part.items():
             total[k] = total.get(k, 0) + v.detach()
@@ -181,6 +222,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     `photo` (N, 3, H, W): what the robust mode's attackers invert, one per identity (None: what G_s
     draws at each w_u)."""
     cfg.validate()
+    if hasattr(identity_net, "at_precision"):
+        identity_net = identity_net.at_precision(cfg.precision)
     G_s.eval()
     for p in G_s.parameters():
         p.requires_grad_(False)
@@ -215,7 +258,9 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         for a, s in zip(attackers, state["attackers"]):
             a.load_state_dict(s)
         start = state["iter"]
-    step = step_reference if cfg.reference_loop else step_batched
+    cache = TargetCache(G_s, identity_net, w_t, cfg, perceptual) \
+        if cfg.cache_targets and not cfg.reference_loop and TargetCache.usable(G_s) else None
+    step = step_reference if cfg.reference_loop else functools.partial(step_batched, cache=cache)
     history, t0 = [], time.perf_counter()
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
     for it in range(start, end):
@@ -237,7 +282,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             for a in drawn:
                 a.advance(G_u, it)  # the attackers move first, against the current G_u
             if cfg.micro_batch and not cfg.reference_loop:
-                losses = backward_micro_batched(trainee, G_s, identity_net, batch, cfg, perceptual, scale)
+                losses = backward_micro_batched(trainee, G_s, identity_net, batch, cfg, perceptual, scale, cache)
             else:
                 losses = step(trainee, G_s, identity_net, batch, cfg, perceptual)
                 (scale * losses["total"]).backward()
