@@ -1,5 +1,6 @@
-"""Seconds per unlearning iteration, batched loop vs the official one-call-per-latent structure,
-in one process on the same identity. `python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
+"""Seconds per unlearning iteration on one identity, in one process: the official one-call-per-latent
+structure in fp32, then each speed lever on its own and all together (the engine's default).
+`python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,19 @@ import statistics
 import sys
 
 BURN_IN = 3
+# name => UnlearnConfig fields; "default" is what `unlearn` runs
+LEVERS = {
+    "reference_loop_fp32": {"reference_loop": True, "precision": "fp32"},
+    "batched_fp32": {"precision": "fp32", "cache_targets": False},
+    "batched_fp32_cached_targets": {"precision": "fp32", "cache_targets": True},
+    "batched_bf16": {"precision": "bf16", "cache_targets": False},
+    "default": {},
+}
 
 
 def measure(iters: int, device: str = "cpu") -> dict:
     from guide_engine.engine.models import zoo
+    from guide_engine.guide.job import DEFAULT_PRECISION
     from guide_engine.guide.target import ufo_target
     from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
@@ -18,13 +28,19 @@ def measure(iters: int, device: str = "cpu") -> dict:
     I = zoo.load_identity(device=device)
     w_u = G.latents_for_seeds([0]).to(device)
     w_t = ufo_target(w_u, G.average_latent(), 10.0)
-    out = {"iters": iters, "burn_in": BURN_IN, "device": device}
-    for name, ref in (("batched", False), ("reference_loop", True)):
-        cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, reference_loop=ref, device=device)
+    out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
+    for name, fields in LEVERS.items():
+        fields = {"precision": DEFAULT_PRECISION, **fields}
+        cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, device=device, **fields)
         _, history = run_unlearning(G, I, w_u, w_t, cfg, progress=False)
         times = [h["s"] for h in history[BURN_IN:]]
-        out[name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times)}
-    out["speedup_batched"] = out["reference_loop"]["s_per_iter"] / out["batched"]["s_per_iter"]
+        out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times), **fields}
+    ref = out["levers"]["reference_loop_fp32"]["s_per_iter"]
+    for r in out["levers"].values():
+        r["speedup_vs_reference"] = ref / r["s_per_iter"]
+    out["batched"], out["reference_loop"] = out["levers"]["default"], out["levers"]["reference_loop_fp32"]
+    out["speedup_batched"] = out["levers"]["default"]["speedup_vs_reference"]
+    out["s_per_1000_iters"] = 1000 * out["levers"]["default"]["s_per_iter"]
     return out
 
 

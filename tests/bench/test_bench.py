@@ -18,10 +18,13 @@ def test_bench_tiny(tmp_path, generator):
     assert {s["backend"] for s in res["sampling"]} == {"torch", "onnxruntime"}
     for s in res["sampling"]:
         assert [row["batch"] for row in s["rows"]] == [1, 2]
-        assert all(row["images_per_s"] > 0 and row["frac_of_peak"] > 0 for row in s["rows"])
+        assert all(row["images_per_s"] > 0 and 0 < row["frac_of_peak"] < 1 for row in s["rows"])  # a bound
+    assert res["measured_matmul_flops"] < res["peak_flops"] <= res["peak_flops_bf16"]
     assert "tensorrt" in res["skipped"] or any(s["backend"] == "tensorrt" for s in res["sampling"])
     u = res["unlearning"]
-    assert u["batched"]["s_per_iter"] > 0 and u["reference_loop"]["s_per_iter"] > 0
+    assert set(u["levers"]) == {"reference_loop_fp32", "batched_fp32", "batched_fp32_cached_targets", "batched_bf16",
+                                "default"}
+    assert all(r["s_per_iter"] > 0 for r in u["levers"].values()) and u["batched"] == u["levers"]["default"]
     assert "| torch | 1 |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -29,6 +32,19 @@ def test_bench_tiny(tmp_path, generator):
 def test_bad_backend(tmp_path):
     r = CliRunner().invoke(main, ["bench", "--backends", "cuda-magic", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "choose from" in r.output
+
+
+def test_theoretical_peak_reads_the_machine(monkeypatch):
+    from guide_engine.bench import peak
+
+    cpu = peak.cpu_theoretical()
+    assert cpu["fp32"] > 0 and cpu["bf16"] >= cpu["fp32"] and "cores" in cpu["how"]
+    monkeypatch.setattr(peak, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(peak, "_cpu_clock_hz", lambda: 3.0e9)
+    monkeypatch.setattr(peak.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert peak.cpu_theoretical()["fp32"] == 4 * 8 * 2 * 2 * 3.0e9 == peak.cpu_theoretical()["bf16"]
+    assert peak.gpu_datasheet("NVIDIA H100 80GB HBM3")["bf16"] == 989.5e12
+    assert peak.gpu_datasheet("NVIDIA H100 PCIe")["fp32"] == 51.2e12 and peak.gpu_datasheet("Some GPU")["fp32"] is None
 
 
 def test_flop_count(generator):
