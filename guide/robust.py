@@ -12,6 +12,8 @@ diffusion models:
 - **The loss on what it finds** (added to GUIDE's three losses): the attacker's faces are pushed past a
   margin of the training network's distance to the photo (a hinge, zero once they are past it), while
   changing as little as possible: a perceptual term toward G_s at the same latents.
+- **Memory**: where a member ended when it is re-seeded goes into a bank; a few bank latents join the
+  hinge every iteration, so a place the attacker found stays pushed off after the attacker leaves it.
 
 The margin is a quantile of the strangers' distances under the training network, calibrated on the base
 generator (guide/metrics.py), so it means the same for dlib and for ArcFace.
@@ -30,6 +32,7 @@ from guide_engine.guide.losses import feature_distance, pair_terms
 
 RESEED_OFFSET = 500_009  # keeps the attacker's random numbers apart from the loop's own per-iteration draws
 PRESERVE_OFFSET = 700_001  # ... and the extra preservation latents' too
+REPLAY_OFFSET = 900_007  # ... and the bank's draws
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class RobustConfig:
     weight: float = 10.0  # of the hinge
     anchor: float = 1.0  # of the perceptual term toward G_s at the attacker's latents
     preserve: int = 0  # extra random latents per iteration kept at G_s (full pair terms: MSE + perceptual + identity)
+    replay: int = 0  # latents per iteration from the bank of where re-seeded members ended, hinged like the pool's
+    bank_size: int = 64  # the bank keeps this many, the newest
 
     def validate(self) -> None:
         from guide_engine.engine.errors import GuideEngineError
@@ -73,6 +78,7 @@ class Attacker:
         w0 = G_s.sample_latents(cfg.pool, torch.Generator().manual_seed(seed * 1_000_003 + RESEED_OFFSET - 1))
         self.w = w0.detach().clone().requires_grad_(True)
         self.opt = torch.optim.Adam([self.w], lr=cfg.lr)
+        self.bank = w0[:0].detach().clone()  # where re-seeded members ended: the defence's memory
 
     def advance(self, G_u, it: int) -> None:
         """`steps` inversion steps of the pool through the current G_u (gradients to the pool only), and every
@@ -88,6 +94,8 @@ class Attacker:
                 else:
                     k = int(self.distance(G_u.synthesize(self.w)).argmax())
                 rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + RESEED_OFFSET)
+                if self.cfg.replay:
+                    self.bank = torch.cat([self.bank, self.w[k:k + 1].detach()])[-self.cfg.bank_size:]
                 self.w[k] = self.sample(1, rng)[0]
                 for state in self.opt.state.values():  # the new member starts with a fresh Adam state
                     state["exp_avg"][k].zero_()
@@ -100,8 +108,11 @@ class Attacker:
 
     def loss(self, G_u, G_s, it: int) -> dict[str, torch.Tensor]:
         """The loss on what the attacker found: hinge past the margin + anchor toward G_s at the same latents
-        (the pool), plus `preserve` extra random latents kept at G_s."""
+        (the pool, and `replay` latents drawn from the bank), plus `preserve` extra random latents kept at G_s."""
         w = self.w.detach()
+        if self.cfg.replay and len(self.bank):
+            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + REPLAY_OFFSET)
+            w = torch.cat([w, self.bank[torch.randint(len(self.bank), (self.cfg.replay,), generator=rng)]])
         m = len(w)  # hinged rows
         if self.cfg.preserve:
             rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + PRESERVE_OFFSET)
@@ -121,9 +132,10 @@ class Attacker:
         return {"robust": total, "attack_dist": dist.min().detach()}
 
     def state_dict(self) -> dict:
-        return {"w": self.w.detach().clone(), "opt": self.opt.state_dict()}
+        return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(), "bank": self.bank.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.w.copy_(state["w"])
         self.opt.load_state_dict(state["opt"])
+        self.bank = state["bank"].clone()

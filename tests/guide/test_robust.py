@@ -54,7 +54,7 @@ def test_loss_is_zero_past_the_margin(generator, identity):
 def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
     w_u = generator.latents_for_seeds([SEED])
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
-    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6)  # re-seeds before and after the checkpoint
+    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2)  # re-seeds and banks before and after the checkpoint
     cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
     a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
     ck = tmp_path / "ck.pt"
