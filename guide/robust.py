@@ -119,15 +119,19 @@ class Attacker:
             w = torch.cat([w, self.sample(self.cfg.preserve, rng)])
         x_u = G_u.synthesize(w)
         feats_u, desc_u = self.net.features(x_u)
-        with torch.no_grad():
-            x_s = G_s.synthesize(w)
-            feats_s, desc_s = self.net.features(x_s)
         dist = self.net.distance(desc_u[:m], self.desc_x.expand(m, -1))
-        p = feature_distance(feats_u, feats_s)
-        total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum() + self.cfg.anchor * p[:m].sum()
+        total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum()
+        first = 0 if self.cfg.anchor else m  # G_s's side is needed where something is kept close to it
+        if first < len(w):
+            with torch.no_grad():
+                x_s = G_s.synthesize(w[first:])
+                feats_s, desc_s = self.net.features(x_s)
+        if self.cfg.anchor:
+            total = total + self.cfg.anchor * feature_distance([f[:m] for f in feats_u], [f[:m] for f in feats_s]).sum()
+            x_s, feats_s, desc_s = x_s[m:], [f[m:] for f in feats_s], desc_s[m:]
         if self.cfg.preserve:
-            kept = pair_terms(self.net, x_u[m:], x_s[m:], x_u[m:], x_s[m:], source=([f[m:] for f in feats_u], desc_u[m:]),
-                              target=([f[m:] for f in feats_s], desc_s[m:]))
+            kept = pair_terms(self.net, x_u[m:], x_s, x_u[m:], x_s, source=([f[m:] for f in feats_u], desc_u[m:]),
+                              target=(feats_s, desc_s))
             total = total + kept.pair().sum()
         return {"robust": total, "attack_dist": dist.min().detach()}
 
