@@ -121,14 +121,73 @@ class TrtRunner(Runner):
         return out.cpu()
 
 
+def measure_throughput(runner: Runner, latents: torch.Tensor, batches: list[int], min_time: float = 0.1,
+                       repeats: int = 3) -> dict[str, float]:
+    """=> {batch: images/s}, the median of `repeats` runs of at least `min_time` s each, after one burn-in call."""
+    import statistics
+    import time
+
+    rates = {}
+    for b in batches:
+        w = latents[:b]
+        runner.infer(w)
+        runs = []
+        for _ in range(repeats):
+            n, t = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - t < min_time:
+                runner.infer(w)
+                n += 1
+            runs.append(n * b / (time.perf_counter() - t))
+        rates[str(b)] = statistics.median(runs)
+    return rates
+
+
+class FastestRunner(Runner):
+    """Several runners of one artifact (their parity checked by `export`) and the images/s `export` measured
+    for each at a few batch sizes: every call goes to the fastest at the nearest measured batch size at
+    or above its own (the largest measured one beyond it)."""
+
+    name = "auto"
+
+    def __init__(self, runners: dict[str, Runner], table: dict[str, dict[str, float]], latent_shape, max_batch: int):
+        super().__init__(latent_shape, max_batch)
+        self.runners = runners
+        self.table = {k: {int(b): v for b, v in rates.items()} for k, rates in table.items() if k in runners}
+        if not self.table:
+            raise GuideEngineError("--backend auto: no measured runtime is available here")
+
+    def choose(self, n: int) -> str:
+        def rate(name: str) -> float:
+            rates = self.table[name]
+            at = min((b for b in rates if b >= n), default=max(rates))
+            return rates[at]
+
+        return max(self.table, key=rate)
+
+    def infer_impl(self, w):
+        return self.runners[self.choose(len(w))].infer(w)
+
+
 def open_runner(export_dir: Path, backend: str) -> Runner:
-    """An export directory (with export.json) => the runner of `backend` over its artifact."""
+    """An export directory (with export.json) => the runner of `backend` over its artifact; `auto`: the
+    fastest measured runtime for each call's batch size (FastestRunner)."""
     manifest_path = Path(export_dir) / "export.json"
     if not manifest_path.is_file():
         raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` first")
     manifest = json.loads(manifest_path.read_text())
     shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
     art = manifest["artifacts"]
+    if backend == "auto":
+        runners = {}
+        for name in manifest.get("throughput", {}):
+            try:
+                runners[name] = open_runner(export_dir, name) if name != "torch" else _source_torch_runner(manifest)
+            except GuideEngineError:  # not here (TensorRT on a CPU host, the source run moved): the others compete
+                continue
+        runner = FastestRunner(runners, manifest.get("throughput", {}), shape, max_batch) if runners else \
+            open_runner(export_dir, "onnxruntime")
+        runner.manifest = manifest
+        return runner
     if backend == "onnxruntime":
         runner = OnnxrtRunner(Path(export_dir) / art["onnx"]["file"], shape, max_batch)
     elif backend == "tensorrt":
@@ -139,3 +198,17 @@ def open_runner(export_dir: Path, backend: str) -> Runner:
         raise GuideEngineError(f"--backend {backend}: an export directory serves onnxruntime or tensorrt")
     runner.manifest = manifest
     return runner
+
+
+def _source_torch_runner(manifest: dict) -> Runner:
+    """The export's source run in PyTorch, when it is still where the export found it."""
+    from guide_engine.engine.sampling import load_generator_source
+
+    from guide_engine.engine.models.zoo import sha256_file
+
+    src = Path(manifest["source"])
+    if not src.is_dir():
+        raise GuideEngineError(f"the export's source run {src} is not here")
+    if sha256_file(src / "generator.safetensors") != manifest.get("source_weights_sha256"):
+        raise GuideEngineError(f"{src}/generator.safetensors is no longer the weights this export was made from")
+    return TorchRunner(load_generator_source(src, device="cpu"), manifest["max_batch"])

@@ -88,7 +88,8 @@ def nvlabs_options(f):
 @click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. 0-15 or 1,4,9; one image per seed.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="grid.png for a picture, x.npy for the raw float32 array (N, 3, H, W) in [-1, 1].")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @nvlabs_options
 def sample(source: str, seeds: str, out: str, backend: str, device: str | None) -> None:
@@ -259,7 +260,8 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="HTTP service for an unlearned generator.")
 @click.argument("source", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-batch", type=int, default=32, show_default=True, help="Micro-batch size limit.")

@@ -60,12 +60,21 @@ def sample_seeds(generator, seeds: list[int], batch: int = 64) -> torch.Tensor:
     return in_batches(lambda w: generator.synthesize(w).cpu(), generator.latents_for_seeds(seeds), batch)
 
 
-def sample_to_file(source: str, seeds: str, out: Path, backend: str = "torch", device: str | None = None) -> int:
+def resolve_backend(source: str | Path, backend: str) -> str:
+    """`auto`: an export directory's fastest measured runtime per batch (engine/backends.FastestRunner);
+    anything else has PyTorch only (export it for ONNX Runtime / TensorRT)."""
+    if backend != "auto":
+        return backend
+    return "auto" if (Path(source) / "export.json").is_file() else "torch"
+
+
+def sample_to_file(source: str, seeds: str, out: Path, backend: str = "auto", device: str | None = None) -> int:
     from guide_engine.engine.images import parse_seeds, save_grid
 
     if out.suffix.lower() not in (".png", ".npy"):
         raise GuideEngineError(f"--out {out}: give a .png (grid) or .npy (raw array) file name")
     seed_list = parse_seeds(seeds)
+    backend = resolve_backend(source, backend)
     if backend == "torch":
         images = sample_seeds(load_generator_source(source, device), seed_list)
     else:
@@ -73,7 +82,7 @@ def sample_to_file(source: str, seeds: str, out: Path, backend: str = "torch", d
 
         runner = open_runner(Path(source), backend)
         w = zoo.load_generator(runner.manifest["generator"]).latents_for_seeds(seed_list)
-        images = runner.infer(w)
+        images = in_batches(runner.infer, w, min(64, runner.max_batch))
     if out.suffix.lower() == ".npy":
         def write_npy(tmp: Path) -> None:
             with open(tmp, "wb") as f:

@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ LATENT_ABS_MAX = 1e3
 
 @dataclass(frozen=True)
 class ServeConfig:
-    backend: str = "torch"
+    backend: str = "auto"  # auto: an export's fastest measured runtime for each micro-batch's size
     max_batch: int = 32
     max_wait_ms: float = 5.0
     max_per_request: int = 16
@@ -118,6 +119,9 @@ def load_service(source: Path, cfg: ServeConfig):
         why = "has not been verified" if report is None else \
             f"failed verification (required level: {report.get('required', 'forgotten')})"
         raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
+    from guide_engine.engine.sampling import resolve_backend
+
+    cfg = dataclasses.replace(cfg, backend=resolve_backend(source, cfg.backend))
     if cfg.backend == "torch":
         from guide_engine.engine.backends import TorchRunner
 

@@ -20,7 +20,7 @@ from guide_engine.engine.sampling import load_generator_source
 from guide_engine.engine.models.zoo import sha256_file, write_json
 from guide_engine.export.onnx import OPSET, export_onnx
 from guide_engine.export.parity import compare
-from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, TrtRunner
+from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_throughput
 
 
 def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, trt: bool = False,
@@ -69,10 +69,18 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                                      "build_s": round(time.perf_counter() - t0, 3), "runtime": f"tensorrt {tensorrt.__version__}",
                                      "device": torch.cuda.get_device_name(),
                                      "parity": compare(ref, runner, latents, batches, fp16)}
+        # images/s of each runtime at the parity batches: `--backend auto` picks by this table
+        throughput = {"onnxruntime": measure_throughput(ort, latents, batches)}
+        if src_dir:  # torch competes where the source run is (sample/serve find it through `source`)
+            throughput["torch"] = measure_throughput(ref, latents, batches)
+        if trt:
+            throughput["tensorrt"] = measure_throughput(runner, latents, batches)
         manifest = {"engine_version": __version__, "generator": getattr(generator, "name", "?"),
                     "latent_shape": list(generator.latent_shape),
                     "image_shape": [3, generator.resolution, generator.resolution], "max_batch": max_batch, "input": "w", "output": "image",
-                    "source": str(source), "source_weights_sha256": source_sha, "artifacts": artifacts,
+                    "source": str(src_dir.resolve() if src_dir else source), "source_weights_sha256": source_sha,
+                    "artifacts": artifacts,
+                    "throughput": throughput, "throughput_device": "cuda" if trt else "cpu",
                     "versions": {"torch": torch.__version__, "python": platform.python_version()},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         failed = [k for k, a in artifacts.items() if not a["parity"]["passed"]]

@@ -123,3 +123,36 @@ def test_triton_repository_config_parses(tmp_path):
     assert list(cfg.output[0].dims) == [3, 64, 64] and cfg.output[0].data_type == model_config_pb2.TYPE_FP32
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 8]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_fastest_runner_routes_by_batch_size():
+    from guide_engine.engine.backends import FastestRunner
+
+    class Fixed(TorchRunner):
+        def __init__(self, value):
+            self.latent_shape, self.max_batch, self.value = (2,), 64, value
+
+        def infer_impl(self, w):
+            return torch.full((len(w), 1), self.value)
+
+    table = {"onnxruntime": {"1": 400.0, "7": 480.0, "64": 500.0}, "torch": {"1": 150.0, "7": 450.0, "64": 530.0}}
+    r = FastestRunner({"onnxruntime": Fixed(1.0), "torch": Fixed(2.0)}, table, (2,), 64)
+    assert [r.choose(n) for n in (1, 2, 7, 8, 64, 100)] == ["onnxruntime"] * 3 + ["torch"] * 3
+    assert r.infer(torch.zeros(1, 2)).item() == 1.0 and r.infer(torch.zeros(9, 2))[0].item() == 2.0
+    assert FastestRunner({"onnxruntime": Fixed(1.0)}, table, (2,), 64).choose(64) == "onnxruntime"  # torch absent
+
+
+def test_export_ships_a_throughput_table_and_auto_uses_it(tiny_run_factory, tmp_path, generator):
+    run = tiny_run_factory(9)
+    out = tmp_path / "exp"
+    manifest = export_job(str(run), out, max_batch=8)
+    t = manifest["throughput"]
+    assert set(t) == {"onnxruntime", "torch"} and all(set(r) == {"1", "7", "8"} and min(r.values()) > 0 for r in t.values())
+    auto = open_runner(out, "auto")
+    assert set(auto.runners) == {"onnxruntime", "torch"}
+    w = generator.latents_for_seeds(range(3))
+    torch.testing.assert_close(auto.infer(w), open_runner(out, "onnxruntime").infer(w), atol=1e-4, rtol=0)
+    r = CliRunner().invoke(main, ["sample", "--generator", str(out), "--seeds", "0-2", "--out", str(tmp_path / "a.npy")])
+    assert r.exit_code == 0, r.output
+    (run / "generator.safetensors").write_bytes(b"changed")  # the source moved on: torch must not compete
+    assert set(open_runner(out, "auto").runners) == {"onnxruntime"}
