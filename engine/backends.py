@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine.errors import GuideEngineError, first_line
+from guide_engine.engine import integrity
+from guide_engine.engine.errors import GuideEngineError, IntegrityError, first_line
 
 
 class Runner:
@@ -170,33 +171,51 @@ class FastestRunner(Runner):
 
 def open_runner(export_dir: Path, backend: str) -> Runner:
     """An export directory (with export.json) => the runner of `backend` over its artifact; `auto`: the
-    fastest measured runtime for each call's batch size (FastestRunner)."""
+    fastest measured runtime for each call's batch size (FastestRunner). Each file is checked against
+    export.json's record before it is used (engine/integrity.py), once per load."""
     manifest_path = Path(export_dir) / "export.json"
     if not manifest_path.is_file():
         raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` first")
     manifest = json.loads(manifest_path.read_text())
     shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
-    art = manifest["artifacts"]
+    ledger = integrity.check_files(Path(export_dir), manifest.get("files", {}), str(manifest_path)).get("identities.json")
     if backend == "auto":
         runners = {}
         for name in manifest.get("throughput", {}):
             try:
-                runners[name] = open_runner(export_dir, name) if name != "torch" else _source_torch_runner(manifest)
-            except GuideEngineError:  # not here (TensorRT on a CPU host, the source run moved): the others compete
-                continue
+                runners[name] = _source_torch_runner(manifest) if name == "torch" else \
+                    _artifact_runner(Path(export_dir), manifest, name)
+            except IntegrityError:  # a swapped artifact is refused, never passed over
+                raise
+            except GuideEngineError:
+                continue  # not here (TensorRT on a CPU host, the source run moved): the others compete
         runner = FastestRunner(runners, manifest.get("throughput", {}), shape, max_batch) if runners else \
-            open_runner(export_dir, "onnxruntime")
-        runner.manifest = manifest
-        return runner
-    if backend == "onnxruntime":
-        runner = OnnxrtRunner(Path(export_dir) / art["onnx"]["file"], shape, max_batch)
-    elif backend == "tensorrt":
-        if "tensorrt" not in art:
-            raise GuideEngineError(f"{export_dir}: has no TensorRT plan; export again with --trt on a CUDA host")
-        runner = TrtRunner(Path(export_dir) / art["tensorrt"]["file"], shape, max_batch)
+            _artifact_runner(Path(export_dir), manifest, "onnxruntime")
+        sha = manifest["artifacts"]["onnx"]["sha256"]
+    elif backend in ("onnxruntime", "tensorrt"):
+        runner = _artifact_runner(Path(export_dir), manifest, backend)
+        sha = runner.artifact_sha256
     else:
         raise GuideEngineError(f"--backend {backend}: an export directory serves onnxruntime or tensorrt")
     runner.manifest = manifest
+    runner.verified = {"weights_sha256": sha, "ledger_sha256": ledger, "recorded": True,
+                       "source_weights_sha256": manifest.get("source_weights_sha256")}
+    return runner
+
+
+def _artifact_runner(export_dir: Path, manifest: dict, backend: str) -> Runner:
+    """The ONNX Runtime or TensorRT runner of an export's artifact, its file checked against its SHA-256 first."""
+    art = manifest["artifacts"]
+    key = "onnx" if backend == "onnxruntime" else "tensorrt"
+    if key not in art:
+        raise GuideEngineError(f"{export_dir}: has no TensorRT plan; export again with --trt on a CUDA host")
+    path = export_dir / art[key]["file"]
+    if not path.is_file():
+        raise GuideEngineError(f"{path}: missing; {export_dir / 'export.json'} records it")
+    sha = integrity.check_file(path, art[key].get("sha256"), str(export_dir / "export.json"))
+    shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
+    runner = OnnxrtRunner(path, shape, max_batch) if key == "onnx" else TrtRunner(path, shape, max_batch)
+    runner.artifact_sha256 = sha
     return runner
 
 
@@ -209,6 +228,6 @@ def _source_torch_runner(manifest: dict) -> Runner:
     src = Path(manifest["source"])
     if not src.is_dir():
         raise GuideEngineError(f"the export's source run {src} is not here")
-    if sha256_file(src / "generator.safetensors") != manifest.get("source_weights_sha256"):
+    if sha256_file(src / "generator.safetensors") != manifest.get("source_weights_sha256"):  # moved on: not this export
         raise GuideEngineError(f"{src}/generator.safetensors is no longer the weights this export was made from")
     return TorchRunner(load_generator_source(src, device="cpu"), manifest["max_batch"])

@@ -83,8 +83,9 @@ def nvlabs_options(f):
 
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="Draw images from a generator, one per seed.")
-@click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
-              help="A model name, an unlearn run directory, or an export directory.")
+@click.argument("source", required=False)
+@click.option("--generator", "generator_opt", default=None,
+              help="The same as SOURCE (kept for scripts): a model name, a run directory or an export directory.")
 @click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. 0-15 or 1,4,9; one image per seed.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="grid.png for a picture, x.npy for the raw float32 array (N, 3, H, W) in [-1, 1].")
@@ -92,9 +93,14 @@ def nvlabs_options(f):
               help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @nvlabs_options
-def sample(source: str, seeds: str, out: str, backend: str, device: str | None) -> None:
-    """Draw images from a generator, one per seed (an image depends on its seed, not its batch)."""
+def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, backend: str, device: str | None) -> None:
+    """Draw images from SOURCE (a model name, a run directory or an export directory; default
+    digiface-dcgan64), one per seed (an image depends on its seed, not its batch)."""
     from guide_engine.engine.sampling import sample_to_file
+
+    if source and generator_opt and source != generator_opt:
+        raise GuideEngineError(f"two sources: {source} and --generator {generator_opt}; give one")
+    source = source or generator_opt or "digiface-dcgan64"
 
     n = sample_to_file(source, seeds, Path(out), backend=backend, device=device)
     click.echo(f"wrote {n} images to {out}")
@@ -268,7 +274,7 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 @click.option("--max-wait-ms", type=float, default=5.0, show_default=True, help="Micro-batch collection window.")
 @click.option("--max-per-request", type=int, default=16, show_default=True)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Per-request timeout, seconds.")
-@click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed.")
+@click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed or does not match its files (said in /v1/model and the log).")
 @click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
 @nvlabs_options
 def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, timeout, allow_unverified, guard) -> None:

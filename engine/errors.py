@@ -8,6 +8,10 @@ class GuideEngineError(Exception):
     exit_code = 2
 
 
+class IntegrityError(GuideEngineError):
+    """A file or report is not what its record says (engine/integrity.py): never passed over."""
+
+
 class CheckFailed(GuideEngineError):
     """A check ran and its result was negative (verification, parity): exit code 1."""
 

@@ -37,16 +37,32 @@ def load_generator_source(source: str | Path, device: str | None = None):
         config = path / "config.json"
         if not weights.is_file() or not config.is_file():
             raise GuideEngineError(f"{path}: not an unlearn run directory (needs generator.safetensors and config.json)")
+        verified = verify_run_files(path)  # before the weights are used: the files are the ones the run wrote
         g = zoo.load_generator(read_json(config)["generator"], device="cpu")
         try:
             g.load_state_dict(load_file(str(weights)))
         except Exception as e:
             raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
-        return g.to(default_device(device))
+        g = g.to(default_device(device))
+        g.verified = verified
+        return g
     if str(source) in zoo.REGISTRY or str(source).startswith(nvlabs.PREFIX):
         return zoo.load_generator(str(source), device=default_device(device))
     raise GuideEngineError(f"--generator {source}: neither a directory nor a known model "
                            f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")
+
+
+def verify_run_files(run: Path) -> dict:
+    """A run directory's weights and ledger against its manifest's record (engine/integrity.py) =>
+    {"weights_sha256", "ledger_sha256"}, the hashes a report about this run must name."""
+    from guide_engine.engine import integrity
+
+    manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
+    files = integrity.check_files(run, manifest.get("files", {}), f"{run / 'manifest.json'}")
+    weights = files.get("generator.safetensors") or integrity.sha256_file(run / "generator.safetensors")
+    ledger = files.get("identities.json") or \
+        (integrity.sha256_file(run / "identities.json") if (run / "identities.json").is_file() else None)
+    return {"weights_sha256": weights, "ledger_sha256": ledger, "recorded": bool(files)}
 
 
 @torch.no_grad()

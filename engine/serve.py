@@ -16,13 +16,14 @@ import base64
 import io
 import json
 import math
+import sys
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.errors import GuideEngineError, IntegrityError
 
 SEED_MAX = 2**31 - 1
 LATENT_ABS_MAX = 1e3
@@ -106,41 +107,56 @@ def _png(image: torch.Tensor) -> bytes:
 
 
 def load_service(source: Path, cfg: ServeConfig):
-    """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None)."""
+    """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None). The files are checked
+    against their records before they are used, and the report against the files (engine/integrity.py)."""
+    from guide_engine.engine import integrity
     from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import load_generator_source, read_json
+    from guide_engine.engine.sampling import load_generator_source, read_json, resolve_backend
 
     source = Path(source)
     if not source.is_dir():
         raise GuideEngineError(f"{source}: give an unlearn run directory or an export directory")
     report_path = source / "report.json"
     report = read_json(report_path) if report_path.is_file() else None
-    if not cfg.allow_unverified and not (report and report.get("passed")):
-        why = "has not been verified" if report is None else \
-            f"failed verification (required level: {report.get('required', 'forgotten')})"
-        raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
-    from guide_engine.engine.sampling import resolve_backend
-
     cfg = dataclasses.replace(cfg, backend=resolve_backend(source, cfg.backend))
     if cfg.backend == "torch":
         from guide_engine.engine.backends import TorchRunner
 
-        generator = load_generator_source(source)
+        generator = load_generator_source(source)  # its files checked against the run's manifest
         infer = TorchRunner(generator, cfg.max_batch).infer
-        base = generator
+        base, verified = generator, generator.verified
     else:
         from guide_engine.engine.backends import open_runner
 
-        runner = open_runner(source, cfg.backend)
+        runner = open_runner(source, cfg.backend)  # its artifact checked against export.json
         infer = runner.infer
-        base = zoo.load_generator(runner.manifest["generator"])
+        base, verified = zoo.load_generator(runner.manifest["generator"]), runner.verified
+    integrity_note = None
+    if report is not None:  # the verdict must be about these very bytes, and follow from its own figures
+        try:
+            integrity.check_report(report, verified, report_path)
+            signed = integrity.check_signature(report, report_path)
+        except IntegrityError as e:
+            if not cfg.allow_unverified:
+                raise
+            integrity_note, signed = f"serving WITHOUT a valid verification: {e}", False
+            print(f"warning: {integrity_note}", file=sys.stderr)
+    else:
+        signed = False
+    if not cfg.allow_unverified and not (report and report.get("passed")):
+        why = "has not been verified" if report is None else \
+            f"failed verification (required level: {report.get('required', 'forgotten')})"
+        raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
     manifest = read_json(source / "manifest.json") if (source / "manifest.json").is_file() else {}
     info = {"source": source.name, "backend": cfg.backend, "generator": manifest.get("generator", getattr(base, "name", None)),
             "unlearned_identities": _ledger_hashes(source),
             "result_sha256": manifest.get("result_sha256"),
             "verification": None if report is None else {
-                "passed": report.get("passed"), "required": report.get("required"), "levels": report.get("levels"),
-                "judge": report.get("judge"), "attack": report.get("attack"), "thresholds": report.get("thresholds")},
+                "passed": report.get("passed") and integrity_note is None, "required": report.get("required"),
+                "levels": report.get("levels"), "judge": report.get("judge"), "attack": report.get("attack"),
+                "thresholds": report.get("thresholds"), "judged": report.get("judged"), "signature_checked": signed},
+            "integrity": integrity_note or "weights and ledger match their records",
+            "weights_sha256": verified["weights_sha256"],
             "max_batch": cfg.max_batch, "max_per_request": cfg.max_per_request, "guard": cfg.guard}
     guard = None
     if cfg.guard:

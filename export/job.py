@@ -92,6 +92,8 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
             for f in ("manifest.json", "identities.json", "identity.json", "config.json", "report.json"):
                 if (src_dir / f).is_file():
                     shutil.copy2(src_dir / f, partial / f)
+            if (partial / "identities.json").is_file():  # the guard's list travels with the artifact, and is bound to it
+                manifest["files"] = {"identities.json": sha256_file(partial / "identities.json")}
         write_json(partial / "export.json", manifest)
         partial.rename(out)
     except BaseException:

@@ -318,6 +318,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         "engine_version": __version__, "generator": base_name, "identity_network": job.identity,
         "base_sha256": base_sha, "result_sha256": state_sha256(G_u),
         "identities": [e["identity_hash"] for e in book["identities"]],
+        "files": {name: zoo.sha256_file(partial / name) for name in ("generator.safetensors", ledger.LEDGER)},
         "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
                       "per_iter": round(t_unlearn / max(1, len(history)), 5)},

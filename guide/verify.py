@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from guide_engine.engine import __version__, integrity
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import zoo
 from guide_engine.engine.sampling import load_generator_source, read_json
@@ -65,15 +66,17 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
     if backend == "torch":
         G_u = load_generator_source(run, device="cpu")
-        base_name = G_u.name
+        base_name, verified = G_u.name, G_u.verified
         infer = lambda w: G_u.synthesize(w)  # noqa: E731
     else:
         from guide_engine.engine.backends import open_runner
 
         runner = open_runner(run, backend)
-        base_name = runner.manifest["generator"]
+        base_name, verified = runner.manifest["generator"], runner.verified
         src = Path(runner.manifest["source"])
         G_u = load_generator_source(src, device="cpu") if src.is_dir() else None  # for the re-inversion attack
+        if G_u is not None and G_u.verified["weights_sha256"] != verified["source_weights_sha256"]:
+            G_u = None  # the source run moved on since the export: it cannot stand in for the artifact
         infer = runner.infer
     if reinversion and G_u is None:
         raise GuideEngineError(f"{run}: the attack needs the unlearned PyTorch weights, and this export's source "
@@ -119,12 +122,18 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     if reinversion:
         report["attack"] = rows[k]["attack"]
     report["passed"] = bool(report["levels"][require])
+    report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],
+                        "ledger_sha256": verified["ledger_sha256"], "base_sha256": base_sha,
+                        "networks": {"train": {"name": train.name, "sha256": zoo.weights_sha256(train.name)},
+                                     "judge": {"name": jdg.name, "sha256": zoo.weights_sha256(jdg.name)}},
+                        "engine_version": __version__}
     targets = [ledger.latents(book, G_s.latent_shape, "w_t")] + \
         [ledger.latents(ledger.read(Path(c)), G_s.latent_shape, "w_t") for c in compare]
     n_targets = sum(len(x) for x in targets)
     if n_targets > 1:  # several identities: do their targets collapse onto one face (UFO collapse)?
         report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
                             "n_identities": n_targets, "network": judge_net.name}
+    report = integrity.sign(report)  # with GUIDE_ENGINE_SIGNING_KEY set: an HMAC the operator can check
     zoo.write_json(run / "report.json", report)
     save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None, run / "report.png")
     return report

@@ -195,6 +195,14 @@ def require(name: str) -> Path:
     return path
 
 
+def weights_sha256(name: str) -> str | None:
+    """The SHA-256 of a model's weights file: the pinned one for registry models, the file's for paths."""
+    if name in REGISTRY:
+        return REGISTRY[name].member_sha256
+    path = Path(name.split(":", 1)[1]) if ":" in name else Path(name)
+    return sha256_file(path) if path.is_file() else None
+
+
 def read_state_dict(path: str | os.PathLike, what: str) -> dict:
     """A user's weights file => its tensors, read with weights_only (no code runs); one-line errors.
     `what` names the expected file in the messages, e.g. "ArcFace IR-SE50 weights, model_ir_se50.pth"."""

@@ -20,9 +20,16 @@ def run_dir(tiny_run_factory):
 
 
 def _mark_verified(run_dir, passed=True, required="forgotten"):
-    levels = {"forgotten": passed or required == "robust", "robust": passed and required == "robust"}
-    (run_dir / "report.json").write_text(json.dumps({"passed": passed, "required": required, "levels": levels,
-                                                     "judge": {"name": "sface-2021dec"}}))
+    """A report consistent with itself and bound to the run's files (as `verify` writes them)."""
+    from guide_engine.engine.sampling import verify_run_files
+
+    forgotten = passed or required == "robust"
+    robust = passed and required == "robust"
+    report = {"passed": passed, "required": required, "levels": {"forgotten": forgotten, "robust": robust},
+              "identities": [{"forgotten": forgotten, "attack": {"robust": robust}}],
+              "preservation": {"same_person_frac": 1.0}, "judge": {"name": "sface-2021dec"},
+              "judged": verify_run_files(run_dir)}
+    (run_dir / "report.json").write_text(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
