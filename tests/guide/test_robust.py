@@ -40,14 +40,15 @@ def test_loss_is_zero_past_the_margin(generator, identity):
     for p in G_u.parameters():
         p.requires_grad_(True)
     photo = _photo(generator)
-    attacker = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=0.0), seed=0)
+    # the hinge alone (preserve=0): preservation rows are GUIDE's pair terms, tested with the losses
+    attacker = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=0.0, preserve=0), seed=0)
     with torch.no_grad():
         assert (attacker.distance(generator.synthesize(attacker.w)) > 0).all()
     found = attacker.loss(G_u, generator, 0)
     assert found["robust"].item() == 0.0
     found["robust"].backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in G_u.parameters())
-    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0), seed=0).loss(G_u, generator, 0)
+    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0).loss(G_u, generator, 0)
     assert pulled["robust"].item() > 0
 
 
