@@ -65,6 +65,16 @@ def verify_run_files(run: Path) -> dict:
     return {"weights_sha256": weights, "ledger_sha256": ledger, "recorded": bool(files)}
 
 
+def check_report_beside(source: Path, verified: dict | None) -> None:
+    """A report.json beside the weights must be about these very bytes and its verdict must follow from its
+    figures (engine/integrity.py); sampling refuses an edited or moved report as serving does."""
+    from guide_engine.engine import integrity
+
+    report = source / "report.json"
+    if verified is not None and report.is_file():
+        integrity.check_report(read_json(report), verified, report)
+
+
 @torch.no_grad()
 def in_batches(fn, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """fn over x in chunks of `batch` rows, concatenated: bounded memory for large N."""
@@ -92,11 +102,14 @@ def sample_to_file(source: str, seeds: str, out: Path, backend: str = "auto", de
     seed_list = parse_seeds(seeds)
     backend = resolve_backend(source, backend)
     if backend == "torch":
-        images = sample_seeds(load_generator_source(source, device), seed_list)
+        generator = load_generator_source(source, device)
+        check_report_beside(Path(source), getattr(generator, "verified", None))
+        images = sample_seeds(generator, seed_list)
     else:
         from guide_engine.engine.backends import open_runner
 
         runner = open_runner(Path(source), backend)
+        check_report_beside(Path(source), runner.verified)
         w = zoo.load_generator(runner.manifest["generator"]).latents_for_seeds(seed_list)
         images = in_batches(runner.infer, w, min(64, runner.max_batch))
     if out.suffix.lower() == ".npy":

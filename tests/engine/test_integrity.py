@@ -82,6 +82,7 @@ def test_edited_report_is_refused(run):
     app = create_app(run, ServeConfig(allow_unverified=True))  # served only with the mismatch said out loud
     info = TestClient(app).get("/v1/model").json()
     assert info["verification"]["passed"] is False and "WITHOUT a valid verification" in info["integrity"]
+    _refused(["sample", str(run), "--seeds", "0", "--out", str(run / "s.png")], "does not follow from its own figures")
 
 
 def test_report_moved_onto_other_weights_is_refused(run, tiny_run_factory):
