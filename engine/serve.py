@@ -3,20 +3,27 @@
 POST /v1/generate  {"seeds": [...]} or {"latents": [[...], ...]}  => one image: image/png;
                    several: JSON {"images": [base64 PNG | null], "withheld": [indices]}
 GET  /healthz, /readyz, /v1/model (manifest: unlearned identities as hashes, the verification levels)
+KServe v2 / Open Inference Protocol (what Triton Inference Server speaks; engine/serve_api.py):
+GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
+POST /v2/models/{name}/infer   input `w` FP32 [N, *latent_shape] => output `image` FP32 [N, 3, H, W]
+GET  /metrics (Prometheus text), /openapi.json and /docs (the typed API)
 
-Concurrent requests are grouped by a micro-batcher (up to the max batch, or `max_wait_ms`). Bad input
-gets a 4xx with a one-line message and never reaches the model. By default an artifact that did not
-pass the level its `verify` required is refused. `guard=True` embeds every image with the judge
-network (the one `verify` grades with) and withholds any that it puts closer to an unlearned identity
-than the strangers' 1st percentile, the same line `verify` uses for "the attack found the person".
+Concurrent requests are grouped by a micro-batcher (up to the max batch, or `max_wait_ms`) behind a
+bounded queue: when `max_queue` latents are already waiting, a request is answered 503 with Retry-After
+at once. Bodies are limited while they are read (chunked ones too). Bad input gets a 4xx with a one-line
+`error` and never reaches the model. By default an artifact that did not pass the level its `verify`
+required is refused. `guard=True` embeds every image with the judge network (the one `verify` grades
+with) and withholds any that it puts closer to an unlearned identity than the strangers' 1st
+percentile, the same line `verify` uses for "the attack found the person". SIGTERM: uvicorn stops
+accepting and finishes what is in flight (up to the request timeout).
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI must see the real Request class
 import base64
 import io
-import json
 import math
 import sys
+import time
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +31,6 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError, IntegrityError
-
-SEED_MAX = 2**31 - 1
-LATENT_ABS_MAX = 1e3
 
 
 @dataclass(frozen=True)
@@ -36,28 +40,59 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_per_request: int = 16
     max_body_bytes: int = 1 << 20
+    max_queue: int = 256  # latents waiting or in a generator call; beyond: 503 + Retry-After
     timeout_s: float = 30.0
     allow_unverified: bool = False
     guard: bool = False
 
+    def __post_init__(self):
+        if min(self.max_batch, self.max_per_request) < 1 or self.max_queue < self.max_per_request:
+            raise GuideEngineError("serve: --max-batch and --max-per-request at least 1, --max-queue at least "
+                                   "--max-per-request")
+        if self.max_body_bytes < 1024 or not self.timeout_s > 0 or self.max_wait_ms < 0:
+            raise GuideEngineError("serve: --max-body-bytes at least 1024, --timeout above 0, --max-wait-ms at least 0")
+
+
+class ServeError(GuideEngineError):
+    """A request the server answers with `status` and a one-line `error` (never a traceback)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+
+
+class QueueFull(Exception):
+    pass
+
 
 class MicroBatcher:
-    """Groups concurrent requests' latents into one `infer` call (up to max_batch latents, or max_wait_ms)."""
+    """Groups concurrent requests' latents into one `infer` call (up to max_batch latents, or max_wait_ms),
+    behind a bound of `max_queue` latents accepted and not yet answered."""
 
-    def __init__(self, infer, max_batch: int, max_wait_ms: float):
+    def __init__(self, infer, max_batch: int, max_wait_ms: float, max_queue: int = 1 << 30, metrics=None):
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
+        self.max_queue, self.metrics = max_queue, metrics
         self.queue: asyncio.Queue | None = None
         self.loop = None
+        self.pending = 0  # latents accepted and not yet answered
         self.calls: list[int] = []  # batch size of each infer call (for tests and metrics)
 
     async def submit(self, w: torch.Tensor) -> torch.Tensor:
+        if self.pending + len(w) > self.max_queue:
+            raise QueueFull
         if self.loop is not asyncio.get_running_loop():  # first call, or a new event loop: (re)start the worker
             self.loop = asyncio.get_running_loop()
             self.queue = asyncio.Queue()
             self.loop.create_task(self._worker())
         fut = asyncio.get_running_loop().create_future()
+        self._count(len(w))
         await self.queue.put((w, fut))
         return await fut
+
+    def _count(self, n: int) -> None:
+        self.pending += n
+        if self.metrics is not None:
+            self.metrics.queue.set(self.pending)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -82,6 +117,7 @@ class MicroBatcher:
             return
         w = torch.cat([w for w, _ in items])
         self.calls.append(len(w))
+        t0 = time.perf_counter()
         try:
             images = await asyncio.get_running_loop().run_in_executor(None, self.infer, w)
         except Exception as e:  # the worker must survive any failure
@@ -89,11 +125,60 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(e)
             return
+        finally:
+            self._count(-len(w))
+            if self.metrics is not None:
+                self.metrics.batch.observe(len(w))
+                self.metrics.infer.observe(time.perf_counter() - t0)
         i = 0
         for w_i, fut in items:
-            if not fut.done():
+            if not fut.done():  # a request that timed out has cancelled its future
                 fut.set_result(images[i:i + len(w_i)])
             i += len(w_i)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("guide_engine_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("guide_engine_request_seconds", "request latency by route", ["route"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.batch = Histogram("guide_engine_batch_size", "latents per generator call", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.queue = Gauge("guide_engine_queue_depth", "latents accepted and not yet answered", registry=r)
+        self.infer = Histogram("guide_engine_inference_seconds", "seconds per generator call", registry=r,
+                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.withheld = Counter("guide_engine_withheld_images", "images the guard withheld", registry=r)
+        self.queue_full = Counter("guide_engine_queue_full", "requests answered 503: the queue was full", registry=r)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route template (bounded label values) and status, and times it."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
 
 def _png(image: torch.Tensor) -> bytes:
@@ -200,54 +285,97 @@ def _make_guard(source: Path, base, report):
     return guard
 
 
-def parse_request(body: bytes, cfg: ServeConfig, latent_shape: tuple[int, ...], latents_for_seeds) -> torch.Tensor:
-    """Raw JSON body => latents (N, *latent_shape); any problem raises GuideEngineError (=> 400)."""
-    if len(body) > cfg.max_body_bytes:
-        raise GuideEngineError(f"request body of {len(body)} bytes is over the limit of {cfg.max_body_bytes}")
+async def read_body(request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or while it streams in):
+    a chunked request without Content-Length cannot grow the server's memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServeError(413, f"request body of {declared} bytes is over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ServeError(413, f"request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def parse_generate(body: bytes, model, latent_shape: tuple[int, ...], latents_for_seeds) -> torch.Tensor:
+    """A /v1/generate body => latents (N, *latent_shape); any problem raises ServeError 400."""
+    from pydantic import ValidationError
+
+    from guide_engine.engine.serve_api import one_line
+
     try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise GuideEngineError("request body is not valid JSON") from None
-    if not isinstance(req, dict) or (("seeds" in req) == ("latents" in req)):
-        raise GuideEngineError('give exactly one of {"seeds": [...]} or {"latents": [[...]]}')
-    items = req.get("seeds", req.get("latents"))
-    if not isinstance(items, list) or not items:
-        raise GuideEngineError("seeds / latents must be a non-empty list")
-    if len(items) > cfg.max_per_request:
-        raise GuideEngineError(f"{len(items)} images requested; at most {cfg.max_per_request} per request")
-    if "seeds" in req:
-        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in items):
-            raise GuideEngineError(f"seeds must be integers in [0, {SEED_MAX}]")
-        return latents_for_seeds(items)
-    size = math.prod(latent_shape)
-    if not all(isinstance(v, list) and len(v) == size for v in items):
-        raise GuideEngineError(f"each latent must be a flat list of {size} numbers")
-    try:
-        w = torch.tensor(items, dtype=torch.float32)
-    except (TypeError, ValueError):
-        raise GuideEngineError("latents must contain numbers only") from None
-    if not torch.isfinite(w).all():
-        raise GuideEngineError("latents contain NaN or infinity")
-    if w.abs().max() > LATENT_ABS_MAX:
-        raise GuideEngineError(f"latent values must lie within +-{LATENT_ABS_MAX:g}")
-    return w.reshape(len(items), *latent_shape)
+        req = model.model_validate_json(body)
+    except ValidationError as e:
+        raise ServeError(400, one_line(e)) from None
+    if req.seeds is not None:
+        return latents_for_seeds(req.seeds)
+    return torch.tensor(req.latents, dtype=torch.float32).reshape(len(req.latents), *latent_shape)
+
+
+def _openapi_body(model, components: dict, description: str) -> dict:
+    """openapi_extra documenting a body that the handler reads itself (bounded) and validates with `model`."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}
 
 
 def create_app(source: Path, cfg: ServeConfig):
     try:
         from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.exceptions import HTTPException
     except ImportError:
-        raise GuideEngineError("serving needs FastAPI and uvicorn: pip install 'guide-engine[serve]'") from None
+        raise GuideEngineError("serving needs FastAPI, uvicorn and prometheus-client: "
+                               "pip install 'guide-engine[serve]'") from None
+    from guide_engine.engine import serve_api as api
 
     infer, latents_for_seeds, latent_shape, info, guard = load_service(source, cfg)
-    infer(latents_for_seeds([0]))  # warm-up before ready
-    batcher = MicroBatcher(infer, cfg.max_batch, cfg.max_wait_ms)
-    app = FastAPI(title="guide-engine", version="1")
-    app.state.batcher = batcher
+    image_shape = tuple(infer(latents_for_seeds([0])).shape[1:])  # warm-up before ready
+    metrics = Metrics()
+    batcher = MicroBatcher(infer, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, metrics)
+    name = info["source"]
+    GenerateRequest = api.generate_request_model(cfg.max_per_request, math.prod(latent_shape))
+    components: dict = {}
+    app = FastAPI(title="guide-engine", version="1",
+                  description="An unlearned face generator: /v1 (this engine's API) and /v2 (KServe v2, as Triton).")
+    app.state.batcher, app.state.metrics = batcher, metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    errors = {s: {"model": api.ErrorBody} for s in (400, 404, 413, 503, 504)}
 
-    def error(status: int, msg: str) -> JSONResponse:
-        return JSONResponse({"error": msg}, status_code=status)
+    def error(status: int, msg: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": msg}, status_code=status, headers=headers)
+
+    @app.exception_handler(ServeError)
+    async def on_serve_error(request, e: ServeError):
+        return error(e.status, str(e), e.headers)
+
+    @app.exception_handler(HTTPException)  # unknown routes, wrong methods: the same one-line body
+    async def on_http_error(request, e: HTTPException):
+        return error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request, e: RequestValidationError):
+        first = e.errors()[0]
+        return error(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+
+    async def generate_images(w: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        try:
+            images = await asyncio.wait_for(batcher.submit(w), cfg.timeout_s)
+        except QueueFull:
+            metrics.queue_full.inc()
+            raise ServeError(503, f"the queue is full ({cfg.max_queue} latents waiting); retry shortly",
+                             {"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise ServeError(504, f"generation took longer than {cfg.timeout_s:g} s") from None
+        withheld = await asyncio.get_running_loop().run_in_executor(None, guard, images) if guard else \
+            [False] * len(images)
+        metrics.withheld.inc(sum(withheld))
+        return images, withheld
 
     @app.get("/healthz")
     async def healthz():
@@ -255,36 +383,100 @@ def create_app(source: Path, cfg: ServeConfig):
 
     @app.get("/readyz")
     async def readyz():
-        return {"status": "ready", "model": info["source"]}
+        return {"status": "ready", "model": name}
 
     @app.get("/v1/model")
     async def model():
         return info
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", response_model=None, openapi_extra=_openapi_body(
+                  GenerateRequest, components, "seeds or latents (flat lists), at most "
+                  f"{cfg.max_per_request} per request, body at most {cfg.max_body_bytes} bytes"),
+              responses={200: {"model": api.ImagesResponse, "description": "one image: image/png; several: JSON",
+                               "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                         451: {"model": api.ErrorBody, "description": "withheld: the image shows an unlearned identity"},
+                         **errors})
     async def generate(request: Request):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            return error(413, f"request body of {declared} bytes is over the limit of {cfg.max_body_bytes}")
-        body = await request.body()
-        try:
-            w = parse_request(body, cfg, latent_shape, latents_for_seeds)
-        except GuideEngineError as e:
-            return error(413 if "over the limit" in str(e) else 400, str(e))
-        try:
-            images = await asyncio.wait_for(batcher.submit(w), cfg.timeout_s)
-        except asyncio.TimeoutError:
-            return error(504, f"generation took longer than {cfg.timeout_s:g} s")
-        except GuideEngineError as e:
-            return error(400, str(e))
-        withheld = guard(images) if guard else [False] * len(images)
+        body = await read_body(request, cfg.max_body_bytes)
+        images, withheld = await generate_images(parse_generate(body, GenerateRequest, latent_shape, latents_for_seeds))
         if len(images) == 1:
             if withheld[0]:
-                return error(451, "image withheld: it matches an unlearned identity")
+                raise ServeError(451, "image withheld: it matches an unlearned identity")
             return Response(_png(images[0]), media_type="image/png")
         return {"images": [None if h else base64.b64encode(_png(im)).decode() for im, h in zip(images, withheld)],
                 "withheld": [i for i, h in enumerate(withheld) if h]}
 
+    # ---- KServe v2 / Open Inference Protocol: the client code written for Triton works here ----
+    def known(model_name: str) -> None:
+        if model_name != name:
+            raise ServeError(404, f"unknown model {model_name!r}; this server serves {name!r}")
+
+    @app.get("/v2", response_model=api.ServerMetadata)
+    async def v2_server():
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("guide-engine")
+        except PackageNotFoundError:
+            v = "unknown"
+        return {"name": "guide-engine", "version": v, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", response_model=api.Live)
+    async def v2_live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", response_model=api.Ready)
+    async def v2_ready():
+        return {"ready": True}
+
+    @app.get("/v2/models/{model_name}", response_model=api.ModelMetadata, responses={404: errors[404]})
+    async def v2_model(model_name: str):
+        known(model_name)
+        return {"name": name, "versions": ["1"], "platform": info["backend"],
+                "inputs": [{"name": "w", "datatype": "FP32", "shape": [-1, *latent_shape]}],
+                "outputs": [{"name": "image", "datatype": "FP32", "shape": [-1, *image_shape]}]}
+
+    @app.get("/v2/models/{model_name}/ready", response_model=api.ModelReady, responses={404: errors[404]})
+    async def v2_model_ready(model_name: str):
+        known(model_name)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{model_name}/infer", response_model=None, openapi_extra=_openapi_body(
+                  api.InferRequest, components, f"input `w` FP32 [N, {', '.join(map(str, latent_shape))}], N at most "
+                  f"{cfg.max_per_request}; or the binary extension (JSON header, then raw little-endian FP32, its "
+                  f"length in the {api.INFER_HEADER} header)"),
+              responses={200: {"model": api.InferResponse, "description": "JSON, or binary (header + raw FP32)",
+                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                         451: {"model": api.ErrorBody, "description": "withheld: an image shows an unlearned identity"},
+                         **errors})
+    async def v2_infer(model_name: str, request: Request):
+        known(model_name)
+        body = await read_body(request, cfg.max_body_bytes)
+        try:
+            w, req, binary = api.parse_v2(body, request.headers.get(api.INFER_HEADER), latent_shape, cfg.max_per_request)
+        except GuideEngineError as e:
+            raise ServeError(400, str(e)) from None
+        images, withheld = await generate_images(torch.from_numpy(w))
+        if any(withheld):
+            raise ServeError(451, f"images {[i for i, h in enumerate(withheld) if h]} withheld: they match an "
+                                  f"unlearned identity")
+        content, headers = api.encode_v2(images.numpy(), name, req, binary)
+        return Response(content, headers=headers, media_type=headers["content-type"])
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    default_openapi = app.openapi
+
+    def openapi():  # the request bodies' nested models go where their $refs point
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
@@ -292,4 +484,5 @@ def serve(source: Path, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8
     app = create_app(source, cfg)
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM / Ctrl-C: stop accepting, finish the requests in flight (at most the request timeout), exit
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.timeout_s))

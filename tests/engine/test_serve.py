@@ -71,15 +71,19 @@ def test_health_model_and_generate(client, generator, run_dir):
 
 @pytest.mark.parametrize("body,status,msg", [
     (b"{not json", 400, "not valid JSON"),
-    (b'{"seeds": [1], "latents": [[0]]}', 400, "exactly one"),
-    (b'{"seeds": []}', 400, "non-empty"),
-    (b'{"seeds": [-1]}', 400, "seeds must be integers"),
-    (b'{"seeds": [1.5]}', 400, "seeds must be integers"),
+    (json.dumps({"seeds": [1], "latents": [[0] * 100]}).encode(), 400, "exactly one"),
+    (b'{}', 400, "exactly one"),
+    (b'[1]', 400, "Input should be an object"),
+    (b'{"seeds": [1], "extra": 1}', 400, "extra: Extra inputs are not permitted"),
+    (b'{"seeds": []}', 400, "seeds: List should have at least 1 item"),
+    (b'{"seeds": [-1]}', 400, "seeds.0: Input should be greater than or equal to 0"),
+    (b'{"seeds": [1.5]}', 400, "seeds.0: Input should be a valid integer"),
+    (b'{"seeds": [true]}', 400, "seeds.0: Input should be a valid integer"),
     (b'{"seeds": [1, 2, 3, 4, 5]}', 400, "at most 4"),
-    (b'{"latents": [[1, 2]]}', 400, "100 numbers"),
-    (json.dumps({"latents": [[float("nan")] * 100]}).encode(), 400, "NaN"),
-    (json.dumps({"latents": [[1e9] * 100]}).encode(), 400, "within"),
-    (json.dumps({"latents": [["x"] * 100]}).encode(), 400, "numbers only"),
+    (b'{"latents": [[1, 2]]}', 400, "latents.0: List should have at least 100 items"),
+    (json.dumps({"latents": [[float("nan")] * 100]}).encode(), 400, "latents.0.0: Input should be a finite number"),
+    (json.dumps({"latents": [[1e9] * 100]}).encode(), 400, "less than or equal to 1000"),
+    (json.dumps({"latents": [["x"] * 100]}).encode(), 400, "latents.0.0: Input should be a valid number"),
     (b'{"seeds": [' + b"1," * 20000 + b"1]}", 413, "over the limit"),
 ])
 def test_bad_requests(client, body, status, msg):
