@@ -24,7 +24,7 @@ demo: models
 	rm -rf $(OUT)/run $(OUT)/run.partial
 	$(VENV)/bin/guide-engine unlearn --seed 0 --out $(OUT)/run
 	$(VENV)/bin/guide-engine verify $(OUT)/run
-	@echo "demo results: $(OUT)/samples.png, $(OUT)/run/before_after.png, $(OUT)/run/report.png, $(OUT)/run/report.json"
+	@echo "demo results: $(OUT)/samples.png, $(OUT)/run/before_after.png, $(OUT)/run/losses.png, $(OUT)/run/report.html (open it in a browser), $(OUT)/run/report.json"
 
 # Triton kernels run on CPU tensors through the interpreter in the tests.
 test: models

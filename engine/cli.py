@@ -68,6 +68,17 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
             click.echo(f"{name}: {zoo.dlib_safetensors_path()} (PyTorch port)")
 
 
+def quiet_option(f):
+    """--quiet: no progress bars (they are shown only when stderr is a terminal anyway)."""
+    def remember(ctx, param, value):
+        from guide_engine.engine.progress import set_quiet
+
+        set_quiet(value)
+
+    return click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=remember,
+                        help="No progress bars on stderr.")(f)
+
+
 def nvlabs_options(f):
     """--trust-pickle and --nvlabs-code, for every command that may load an `nvlabs:PATH.pkl` generator."""
     def remember(ctx, param, value):
@@ -87,12 +98,14 @@ def nvlabs_options(f):
 @click.option("--generator", "generator_opt", default=None,
               help="The same as SOURCE (kept for scripts): a model name, a run directory or an export directory.")
 @click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. 0-15 or 1,4,9; one image per seed.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="grid.png for a picture, x.npy for the raw float32 array (N, 3, H, W) in [-1, 1].")
+@click.option("--out", required=True, help="grid.png for a picture (up to 256 images), x.npy for the raw float32 "
+              "array (N, 3, H, W) in [-1, 1] (up to 10,000), or DIR/ for one seed%06d.png per seed (any number; "
+              "constant memory; files already there are skipped, so a stopped job resumes).")
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @nvlabs_options
+@quiet_option
 def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, backend: str, device: str | None) -> None:
     """Draw images from SOURCE (a model name, a run directory or an export directory; default
     digiface-dcgan64), one per seed (an image depends on its seed, not its batch)."""
@@ -102,8 +115,8 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
         raise GuideEngineError(f"two sources: {source} and --generator {generator_opt}; give one")
     source = source or generator_opt or "digiface-dcgan64"
 
-    n = sample_to_file(source, seeds, Path(out), backend=backend, device=device)
-    click.echo(f"wrote {n} images to {out}")
+    written, skipped = sample_to_file(source, seeds, out, backend=backend, device=device)
+    click.echo(f"wrote {written} images to {out}" + (f" ({skipped} already there, skipped)" if skipped else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +158,7 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
               help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None,
               help="Networks' passes in bf16 autocast or fp32 (weights, Adam and losses stay fp32) [see README].")
+@quiet_option
 def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
             target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
             run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust, precision) -> None:
@@ -186,6 +200,7 @@ def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_p
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
               help="Also write an NVIDIA Triton Inference Server model repository here.")
 @nvlabs_options
+@quiet_option
 def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
     from guide_engine.export.job import export_job
@@ -223,6 +238,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @nvlabs_options
+@quiet_option
 def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, no_reinversion,
            n_preserve, compare, as_json) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
@@ -252,6 +268,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 @click.option("--generator", "source", default="digiface-dcgan64", show_default=True, help="Model name or run directory.")
 @click.option("--unlearn-iters", type=int, default=None, help="Timed unlearning iterations [5 quick, 30].")
 @click.option("--out", type=click.Path(file_okay=False), default="results/bench", show_default=True)
+@quiet_option
 def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
     """Throughput of sampling per backend and of unlearning (batched vs reference loop)."""
     from guide_engine.bench.run import markdown, run_bench

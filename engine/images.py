@@ -103,21 +103,31 @@ def save_stack(parts: list, path: str | Path, pad: int = 4) -> None:
     atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"))
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' => [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
+def seed_ranges(text: str) -> list[range]:
+    """'0-3,7,10-11' => [range(0, 4), range(7, 8), range(10, 12)]: lazy, so '0-100000000' costs nothing."""
+    ranges: list[range] = []
     try:
         for part in text.split(","):
             part = part.strip()
             if "-" in part:
                 lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
+                if hi < lo or lo < 0:
                     raise ValueError
-                seeds.extend(range(lo, hi + 1))
+                ranges.append(range(lo, hi + 1))
             elif part:
-                seeds.append(int(part))
+                if int(part) < 0:
+                    raise ValueError
+                ranges.append(range(int(part), int(part) + 1))
     except ValueError:
-        raise GuideEngineError(f"--seeds {text!r}: expected a list like 0-15 or 1,4,9") from None
-    if not seeds:
+        raise GuideEngineError(f"--seeds {text!r}: expected non-negative seeds like 0-15 or 1,4,9") from None
+    if not ranges:
         raise GuideEngineError(f"--seeds {text!r}: expected non-negative seeds like 0-15 or 1,4,9")
-    return seeds
+    return ranges
+
+
+def parse_seeds(text: str, limit: int = 1_000_000) -> list[int]:
+    """'0-3,7,10-11' => [0, 1, 2, 3, 7, 10, 11]; more than `limit` seeds is refused (use seed_ranges)."""
+    ranges = seed_ranges(text)
+    if sum(len(r) for r in ranges) > limit:
+        raise GuideEngineError(f"--seeds {text!r}: more than {limit} seeds")
+    return [s for r in ranges for s in r]

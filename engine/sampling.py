@@ -76,14 +76,17 @@ def check_report_beside(source: Path, verified: dict | None) -> None:
 
 
 @torch.no_grad()
-def in_batches(fn, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """fn over x in chunks of `batch` rows, concatenated: bounded memory for large N."""
-    return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+def in_batches(fn, x, batch: int = 64, desc: str | None = None) -> torch.Tensor:
+    """fn over x (a tensor or a list) in chunks of `batch` rows, concatenated: bounded peak memory inside fn;
+    `desc`: a progress bar with that label."""
+    from guide_engine.engine.progress import bar
 
-
-def sample_seeds(generator, seeds: list[int], batch: int = 64) -> torch.Tensor:
-    """seeds => (N, 3, H, W) float32 in [-1, 1] on the CPU; an image depends on its seed alone."""
-    return in_batches(lambda w: generator.synthesize(w).cpu(), generator.latents_for_seeds(seeds), batch)
+    parts = []
+    with bar(len(x), desc or "", enabled=desc is not None, leave=False) as shown:
+        for i in range(0, len(x), batch):
+            parts.append(fn(x[i:i + batch]))
+            shown.update(len(parts[-1]))
+    return torch.cat(parts)
 
 
 def resolve_backend(source: str | Path, backend: str) -> str:
@@ -94,24 +97,64 @@ def resolve_backend(source: str | Path, backend: str) -> str:
     return "auto" if (Path(source) / "export.json").is_file() else "torch"
 
 
-def sample_to_file(source: str, seeds: str, out: Path, backend: str = "auto", device: str | None = None) -> int:
-    from guide_engine.engine.images import parse_seeds, save_grid
+GRID_MAX = 256  # images in one grid PNG
+NPY_MAX = 10_000  # images in one .npy (64 px: 490 MB of float32); beyond: --out DIR/
+SAMPLE_BATCH = 64
 
-    if out.suffix.lower() not in (".png", ".npy"):
-        raise GuideEngineError(f"--out {out}: give a .png (grid) or .npy (raw array) file name")
-    seed_list = parse_seeds(seeds)
+
+def image_source(source: str, backend: str = "auto", device: str | None = None):
+    """A source => (seeds => (N, 3, H, W) float32 images on the CPU, batch size), checked against its records."""
     backend = resolve_backend(source, backend)
     if backend == "torch":
         generator = load_generator_source(source, device)
         check_report_beside(Path(source), getattr(generator, "verified", None))
-        images = sample_seeds(generator, seed_list)
-    else:
-        from guide_engine.engine.backends import open_runner
+        return (lambda seeds: generator.synthesize(generator.latents_for_seeds(seeds)).cpu()), SAMPLE_BATCH
+    from guide_engine.engine.backends import open_runner
 
-        runner = open_runner(Path(source), backend)
-        check_report_beside(Path(source), runner.verified)
-        w = zoo.load_generator(runner.manifest["generator"]).latents_for_seeds(seed_list)
-        images = in_batches(runner.infer, w, min(64, runner.max_batch))
+    runner = open_runner(Path(source), backend)
+    check_report_beside(Path(source), runner.verified)
+    base = zoo.load_generator(runner.manifest["generator"])
+    return (lambda seeds: runner.infer(base.latents_for_seeds(seeds))), min(SAMPLE_BATCH, runner.max_batch)
+
+
+def sample_to_file(source: str, seeds: str, out: str | Path, backend: str = "auto", device: str | None = None,
+                   progress: bool = True) -> tuple[int, int]:
+    """Images for `seeds` => a grid .png, a raw .npy, or (out ending in '/' or an existing directory) one
+    seed%06d.png per seed, written in batches at constant memory, skipping files that exist (a stopped job
+    resumes). => (images written, images skipped)."""
+    import itertools
+
+    from guide_engine.engine.images import save_grid, save_png, seed_ranges
+    from guide_engine.engine.progress import bar
+
+    ranges = seed_ranges(seeds)
+    n = sum(len(r) for r in ranges)
+    to_dir = str(out).endswith(("/", "\\")) or Path(out).is_dir()  # checked before Path() drops the slash
+    out = Path(out)
+    if not to_dir:
+        kind = out.suffix.lower()
+        if kind not in (".png", ".npy"):
+            raise GuideEngineError(f"--out {out}: give a .png (grid), a .npy (raw array) or a directory (DIR/)")
+        limit = GRID_MAX if kind == ".png" else NPY_MAX
+        if n > limit:
+            raise GuideEngineError(f"--seeds {seeds}: {n} images; a {kind} file holds at most {limit}: write one "
+                                   f"PNG per seed with --out DIR/")
+    render, batch = image_source(source, backend, device)
+    if to_dir:
+        out.mkdir(parents=True, exist_ok=True)
+        written = 0
+        all_seeds = itertools.chain.from_iterable(ranges)
+        with torch.no_grad(), bar(n, f"sample => {out}", enabled=progress, unit="img") as shown:
+            while chunk := list(itertools.islice(all_seeds, batch)):
+                todo = [s for s in chunk if not (out / f"seed{s:06d}.png").exists()]
+                if todo:
+                    for s, image in zip(todo, render(todo)):
+                        save_png(image, out / f"seed{s:06d}.png")  # each file atomically: never half-written
+                    written += len(todo)
+                shown.update(len(chunk))
+        return written, n - written
+    seed_list = [s for r in ranges for s in r]
+    images = in_batches(render, seed_list, batch)
     if out.suffix.lower() == ".npy":
         def write_npy(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -120,4 +163,4 @@ def sample_to_file(source: str, seeds: str, out: Path, backend: str = "auto", de
         zoo.atomic_write(out, write_npy)
     else:
         save_grid(images, out, nrow=min(8, len(seed_list)), scale=2)
-    return len(seed_list)
+    return len(seed_list), 0

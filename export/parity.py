@@ -16,8 +16,10 @@ def psnr(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 def compare(reference_runner, runner, latents: torch.Tensor, batches: list[int], fp16: bool) -> dict:
     """=> {"batches": {b: {max_abs, psnr}}, "max_abs", "psnr" (worst), "threshold", "passed"}."""
+    from guide_engine.engine.progress import bar
+
     per = {}
-    for b in batches:
+    for b in bar(batches, "parity", unit="batch", leave=False):
         ref, out = reference_runner.infer(latents[:b]), runner.infer(latents[:b])
         assert out.shape == ref.shape, (out.shape, ref.shape)
         per[str(b)] = {"max_abs": (ref - out).abs().max().item(), "psnr": psnr(ref, out)}

@@ -7,10 +7,9 @@ loss, of w_avg and `n_starts - 1` latents drawn from the prior; w_avg wins where
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 
+from guide_engine.engine.progress import bar
 from guide_engine.guide.losses import feature_distance
 from guide_engine.kernels import identity_distance
 
@@ -41,15 +40,14 @@ def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, s
         feats_x, desc_x = identity_net.features(image)
     w = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
-    for step in range(steps):
-        loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x)
-        (w.grad,) = torch.autograd.grad(loss.sum(), [w])
-        opt.step()
-        if progress and (step % 50 == 0 or step == steps - 1):
-            print(f"\r{label} {step + 1}/{steps} loss {loss.mean().item():.4f} mse {mse.mean().item():.4f}", end="",
-                  file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
+    with bar(steps, label, enabled=progress, unit="step") as shown:
+        for step in range(steps):
+            loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x)
+            (w.grad,) = torch.autograd.grad(loss.sum(), [w])
+            opt.step()
+            shown.update()
+            if not shown.disable and (step % 50 == 0 or step == steps - 1):
+                shown.set_postfix(loss=f"{loss.mean().item():.4f}", mse=f"{mse.mean().item():.4f}", refresh=False)
     return w.detach()
 
 

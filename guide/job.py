@@ -303,7 +303,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     t1 = time.perf_counter()
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=job.resume,
                                   progress=progress, stop_after=stop_after, perceptual=perceptual,
-                                  photo=torch.cat(photos), init=init)
+                                  photo=torch.cat(photos), init=init, history_csv=partial / "history.csv")
     t_unlearn = time.perf_counter() - t1
     if (stop_after is not None and stop_after < iters) or not distributed.is_writer():
         return partial  # interrupted on purpose (tests): resumable; or a rank that does not write
@@ -324,6 +324,10 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                       "per_iter": round(t_unlearn / max(1, len(history)), 5)},
         "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     before_after(G_s, G_u, w_u[n_before:], partial / "before_after.png", r)
+    if (partial / "history.csv").is_file():
+        from guide_engine.guide.history import plot
+
+        plot(partial / "history.csv", partial / "losses.png")
     (partial / "checkpoint.pt").unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)

@@ -45,7 +45,7 @@ def calibrate(generator, net, base_sha: str) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
-    d = _descriptors(net, in_batches(generator.synthesize, w)).cpu()
+    d = _descriptors(net, in_batches(generator.synthesize, w, desc=f"calibrating {net.name} (once)")).cpu()
     half = len(d) // 2
     a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
     dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)

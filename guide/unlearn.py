@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,10 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.progress import bar
 from guide_engine.engine.precision import check as check_precision
 from guide_engine.guide import distributed
+from guide_engine.guide.history import History
 from guide_engine.guide.losses import LOCAL, Terms, guide_loss, pair_terms, roles
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
@@ -214,7 +215,7 @@ def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -
 def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg: UnlearnConfig,
                    checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
                    stop_after: int | None = None, perceptual=None, photo: torch.Tensor | None = None,
-                   init: dict | None = None):
+                   init: dict | None = None, history_csv: Path | None = None):
     """w_u, w_t (N, *S): the identities and their targets => (G_u, history). G_s stays frozen; a copy of it
     (with the `init` state dict loaded: a run continued from another) is fine-tuned. With `checkpoint`,
     the state is saved every cfg.checkpoint_every iterations; `resume` continues from it. `perceptual`:
@@ -261,8 +262,10 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     cache = TargetCache(G_s, identity_net, w_t, cfg, perceptual) \
         if cfg.cache_targets and not cfg.reference_loop and TargetCache.usable(G_s) else None
     step = step_reference if cfg.reference_loop else functools.partial(step_batched, cache=cache)
-    history, t0 = [], time.perf_counter()
+    history = []
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
+    record = History(history_csv, start) if history_csv is not None and distributed.is_writer() else None
+    shown = bar(cfg.iters, "unlearn", enabled=progress, initial=start, unit="it")
     for it in range(start, end):
         t_it = time.perf_counter()
         batch = iteration_latents(G_s, w_u, w_t, cfg, it)
@@ -302,14 +305,14 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             if distributed.is_writer():
                 _save_checkpoint(checkpoint, G_u, opt, it + 1, attackers)
             distributed.barrier()
-        if progress and (it % 10 == 0 or it + 1 == end):
+        if record is not None:
+            record.append(it + 1, history[-1], history[-1]["s"])
+        shown.update()
+        if not shown.disable and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
-            rate = (time.perf_counter() - t0) / len(history)
-            robust = f" robust {h['robust']:.4f} attack {h['attack_dist']:.3f}" if attackers else ""
-            print(f"\runlearn {it + 1}/{cfg.iters} total {h['total']:.4f} local {h['local']:.4f} adj {h['adj']:.4f} "
-                  f"glob {h['glob']:.4f}{robust} ({rate:.3f} s/it)", end="", file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
+            shown.set_postfix({k: f"{h[k]:.4f}" for k in ("total", "local", "adj", "glob", "robust", "attack_dist")
+                               if k in h} | {"s/it": f"{h['s']:.3f}"}, refresh=False)
+    shown.close()
     for p in params:
         p.requires_grad_(False)
     G_u.eval()

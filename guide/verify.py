@@ -136,6 +136,9 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     report = integrity.sign(report)  # with GUIDE_ENGINE_SIGNING_KEY set: an HMAC the operator can check
     zoo.write_json(run / "report.json", report)
     save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None, run / "report.png")
+    from guide_engine.guide import report_html  # imports this module: imported here, not at the top
+
+    report_html.write(report, run)
     return report
 
 
@@ -206,10 +209,9 @@ def yes_no(b) -> str:
     return "-" if b is None else ("yes" if b else "no")
 
 
-def summary_table(report: dict) -> str:
-    """Two columns, the training network's and the judge's, then the verdict in words."""
+def summary_rows(report: dict) -> list[tuple]:
+    """(what, training network's figure, judge's figure) rows; the first is the header."""
     t, j, i, p, th = (report[k] for k in ("training_network", "judge", "identity", "preservation", "thresholds"))
-    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     rows = [("", f"{t['name'][:22]} (trains)", f"{j['name'][:22]} (judge)"),
             ("at w_u: distance, pretrained vs unlearned", i["id_dist"], i["judge_id_dist"]),
             ("  forgotten from (strangers' median)", th["forgotten_if_id_dist_at_least"], th["judge_forgotten_if_id_dist_at_least"]),
@@ -225,6 +227,16 @@ def summary_table(report: dict) -> str:
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),
                  ("  strangers closer than the attack's face", a["train_strangers_closer_frac"], a["judge_strangers_closer_frac"])]
+    return rows
+
+
+def fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def summary_table(report: dict) -> str:
+    """Two columns, the training network's and the judge's, then the verdict in words."""
+    t, i, p, rows = report["training_network"], report["identity"], report["preservation"], summary_rows(report)
     n = report.get("n_identities", 1)
     out = [f"worst of {n} identities: #{report['worst_identity']} ({i.get('key')})"] if n > 1 else []
     out += [f"{a:<46} {fmt(b):>30} {fmt(c):>30}" for a, b, c in rows]
