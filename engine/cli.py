@@ -233,14 +233,16 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
 @click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
               help="Networks' passes during the attack [see README].")
+@click.option("--attack-loss", type=click.Choice(["identity", "pixel"]), default="identity", show_default=True,
+              help="The attacker's inversion loss: pixel MSE + perceptual + identity distance, or without the identity term.")
 @click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @nvlabs_options
 @quiet_option
-def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, no_reinversion,
-           n_preserve, compare, as_json) -> None:
+def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, attack_loss,
+           no_reinversion, n_preserve, compare, as_json) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
     attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
     only if the required level holds for all of them."""
@@ -253,7 +255,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
-                        attack=AttackConfig(starts=attack_starts, steps=attack_steps,
+                        attack=AttackConfig(starts=attack_starts, steps=attack_steps, loss=attack_loss,
                                             precision=attack_precision or DEFAULT_PRECISION), progress=not as_json)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:

@@ -14,14 +14,17 @@ from guide_engine.guide.losses import feature_distance
 from guide_engine.kernels import identity_distance
 
 
-def inversion_loss(generator, identity_net, w, image, feats_x, desc_x):
-    """=> (per-sample loss (N,), per-sample pixel MSE (N,)) of latents w against one photo."""
+def inversion_loss(generator, identity_net, w, image, feats_x, desc_x, identity_term: bool = True):
+    """=> (per-sample loss (N,), per-sample pixel MSE (N,)) of latents w against one photo: pixel MSE +
+    perceptual (the network's features) + identity distance (its descriptor; left out with identity_term=False)."""
     x = generator.synthesize(w)
     feats, desc = identity_net.features(x)
     mse = (x - image).pow(2).flatten(1).mean(dim=1)
     n = w.shape[0]
-    p = feature_distance(feats, [f.expand(n, *f.shape[1:]) for f in feats_x])
-    return mse + p + identity_distance(desc, desc_x.expand(n, -1), reduction="none"), mse
+    loss = mse + feature_distance(feats, [f.expand(n, *f.shape[1:]) for f in feats_x])
+    if identity_term:
+        loss = loss + identity_distance(desc, desc_x.expand(n, -1), reduction="none")
+    return loss, mse
 
 
 def at_precision(identity_net, precision: str):
@@ -30,7 +33,8 @@ def at_precision(identity_net, precision: str):
 
 
 def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, steps: int, lr: float = 0.05,
-            progress: bool = True, label: str = "invert", precision: str = "fp32") -> torch.Tensor:
+            progress: bool = True, label: str = "invert", precision: str = "fp32",
+            identity_term: bool = True) -> torch.Tensor:
     """Adam on K latents at once, each against the same photo: (K, *S) starts => (K, *S) latents.
     The loss is a sum of per-latent losses and Adam is elementwise, so each row follows the path it would
     follow alone (one generator call per step instead of K). Gradients flow to w only: the generator's
@@ -42,7 +46,7 @@ def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, s
     opt = torch.optim.Adam([w], lr=lr)
     with bar(steps, label, enabled=progress, unit="step") as shown:
         for step in range(steps):
-            loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x)
+            loss, mse = inversion_loss(generator, identity_net, w, image, feats_x, desc_x, identity_term)
             (w.grad,) = torch.autograd.grad(loss.sum(), [w])
             opt.step()
             shown.update()

@@ -247,7 +247,8 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
         fig[f"{key}_robust"] = d_u.min().item() >= j.calib["strangers_dist_p1"]
         best[key] = (int(d_u.argmin()), int(d_s.argmin()))
     fig.update({"robust": bool(fig["train_robust"] and fig["judge_robust"]), "starts": cfg.starts,
-                "steps": cfg.steps, "precision": cfg.precision, "target": target, "network": train.name})
+                "steps": cfg.steps, "precision": cfg.precision, "loss": cfg.loss, "target": target,
+                "network": train.name})
     # The old keys: the training network's raw cosine at its own best face.
     ref = train.desc(photo)
     iu, is_ = best["train"]

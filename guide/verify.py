@@ -222,7 +222,8 @@ def summary_rows(report: dict) -> list[tuple]:
             ("embedding Frechet distance (not FID)", p["fd_embedding"], p["judge_fd_embedding"])]
     if "attack" in report:
         a = report["attack"]
-        rows += [(f"attack ({a['starts']} starts x {a['steps']} steps): best, unlearned", a["train_best"], a["judge_best"]),
+        how = f"{a['starts']} starts x {a['steps']} steps" + (", no identity term" if a.get("loss") == "pixel" else "")
+        rows += [(f"attack ({how}): best, unlearned", a["train_best"], a["judge_best"]),
                  ("  same attack on the pretrained generator", a["train_pretrained"], a["judge_pretrained"]),
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),

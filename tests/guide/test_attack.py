@@ -48,3 +48,29 @@ def test_attack_leaves_generator_gradients_alone(generator, identity):
         photo = g.synthesize(g.latents_for_seeds([11]))
     reinvert(g, identity, photo, AttackConfig(starts=2, steps=2))
     assert all(p.grad is None for p in g.parameters())
+
+
+def test_pixel_attacker_leaves_the_identity_term_out(generator, identity):
+    """loss="pixel": the same inversion without the descriptor distance, so a different path from the same
+    starts; an unknown loss is refused."""
+    import pytest
+
+    from guide_engine.engine.errors import GuideEngineError
+    from guide_engine.guide.invert import inversion_loss
+
+    with torch.no_grad():
+        photo = generator.synthesize(generator.latents_for_seeds([11]))
+        feats_x, desc_x = identity.features(photo)
+        w = generator.sample_latents(2, torch.Generator().manual_seed(0))
+        full, _ = inversion_loss(generator, identity, w, photo, feats_x, desc_x)
+        pixel, _ = inversion_loss(generator, identity, w, photo, feats_x, desc_x, identity_term=False)
+        desc = identity.descriptors(generator.synthesize(w))
+    from guide_engine.kernels import identity_distance  # the loss's identity term (1 - cos)
+
+    torch.testing.assert_close(full - pixel, identity_distance(desc, desc_x.expand(2, -1), reduction="none"),
+                               atol=1e-5, rtol=1e-4)
+    a = reinvert(generator, identity, photo, AttackConfig(starts=2, steps=3, loss="pixel"))
+    b = reinvert(generator, identity, photo, AttackConfig(starts=2, steps=3))
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(GuideEngineError, match="identity or pixel"):
+        AttackConfig(loss="lpips")
