@@ -372,6 +372,10 @@ def create_app(source: Path, cfg: ServeConfig):
                              {"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise ServeError(504, f"generation took longer than {cfg.timeout_s:g} s") from None
+        except ServeError:
+            raise
+        except GuideEngineError as e:  # the model refused these latents: the request's fault, said in one line
+            raise ServeError(400, str(e)) from None
         withheld = await asyncio.get_running_loop().run_in_executor(None, guard, images) if guard else \
             [False] * len(images)
         metrics.withheld.inc(sum(withheld))
@@ -399,11 +403,13 @@ def create_app(source: Path, cfg: ServeConfig):
     async def generate(request: Request):
         body = await read_body(request, cfg.max_body_bytes)
         images, withheld = await generate_images(parse_generate(body, GenerateRequest, latent_shape, latents_for_seeds))
+        if len(images) == 1 and withheld[0]:
+            raise ServeError(451, "image withheld: it matches an unlearned identity")
+        pngs = await asyncio.get_running_loop().run_in_executor(  # PNG encoding off the event loop
+            None, lambda: [None if h else _png(im) for im, h in zip(images, withheld)])
         if len(images) == 1:
-            if withheld[0]:
-                raise ServeError(451, "image withheld: it matches an unlearned identity")
-            return Response(_png(images[0]), media_type="image/png")
-        return {"images": [None if h else base64.b64encode(_png(im)).decode() for im, h in zip(images, withheld)],
+            return Response(pngs[0], media_type="image/png")
+        return {"images": [None if p is None else base64.b64encode(p).decode() for p in pngs],
                 "withheld": [i for i, h in enumerate(withheld) if h]}
 
     # ---- KServe v2 / Open Inference Protocol: the client code written for Triton works here ----
