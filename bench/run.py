@@ -138,6 +138,9 @@ def markdown(res: dict) -> str:
                          f"{r['speedup_vs_reference']:.2f} |")
         lines.append(f"\ndefault loop: {u['speedup_batched']:.2f}x the fp32 reference structure; 1000 iterations take "
                      f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']})")
+        if "robust_default" in u["levers"]:
+            lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "
+                         f"the default loop per iteration")
     return "\n".join(lines) + "\n"
 
 

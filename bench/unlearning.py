@@ -1,5 +1,6 @@
 """Seconds per unlearning iteration on one identity, in one process: the official one-call-per-latent
-structure in fp32, then each speed lever on its own and all together (the engine's default).
+structure in fp32, then each speed lever on its own and all together (the engine's default), and the
+default with `--robust` (its attacker's inversion steps and hinge on top).
 `python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ LEVERS = {
     "batched_fp32_cached_targets": {"precision": "fp32", "cache_targets": True},
     "batched_bf16": {"precision": "bf16", "cache_targets": False},
     "default": {},
+    "robust_default": {"robust": "default"},  # RobustConfig(), its margin resolved as `unlearn --robust` does
 }
 
 
 def measure(iters: int, device: str = "cpu") -> dict:
     from guide_engine.engine.models import zoo
-    from guide_engine.guide.job import DEFAULT_PRECISION
+    import dataclasses
+
+    from guide_engine.guide.job import DEFAULT_PRECISION, state_sha256
+    from guide_engine.guide.metrics import calibrate, quantile
+    from guide_engine.guide.robust import RobustConfig
     from guide_engine.guide.target import ufo_target
     from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
 
@@ -31,10 +37,16 @@ def measure(iters: int, device: str = "cpu") -> dict:
     out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
     for name, fields in LEVERS.items():
         fields = {"precision": DEFAULT_PRECISION, **fields}
-        cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, device=device, **fields)
+        if fields.get("robust") == "default":
+            robust = RobustConfig()
+            robust = dataclasses.replace(robust, margin=quantile(calibrate(G, I, state_sha256(G)), robust.margin_quantile))
+        else:
+            robust = None
+        cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, device=device, **{**fields, "robust": robust})
         _, history = run_unlearning(G, I, w_u, w_t, cfg, progress=False)
         times = [h["s"] for h in history[BURN_IN:]]
-        out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times), **fields}
+        out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times),
+                               **{k: v for k, v in fields.items() if k != "robust"}, "robust": robust is not None}
     ref = out["levers"]["reference_loop_fp32"]["s_per_iter"]
     for r in out["levers"].values():
         r["speedup_vs_reference"] = ref / r["s_per_iter"]
