@@ -23,7 +23,9 @@ def test_bench_tiny(tmp_path, generator):
     assert "tensorrt" in res["skipped"] or any(s["backend"] == "tensorrt" for s in res["sampling"])
     u = res["unlearning"]
     assert set(u["levers"]) == {"reference_loop_fp32", "batched_fp32", "batched_fp32_cached_targets", "batched_bf16",
-                                "default"}
+                                "default", "robust_default"}
+    assert u["levers"]["robust_default"]["robust"] and not u["levers"]["default"]["robust"]
+    assert "--robust:" in (out / "bench.md").read_text()
     assert all(r["s_per_iter"] > 0 for r in u["levers"].values()) and u["batched"] == u["levers"]["default"]
     assert "| torch | 1 |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
