@@ -301,12 +301,12 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             for v in losses.values():
                 torch.distributed.all_reduce(v)
         history.append({**{k: round(v.item(), 6) for k, v in losses.items()}, "s": time.perf_counter() - t_it})
+        if record is not None:  # before the checkpoint: a kill between the two never leaves a gap on resume
+            record.append(it + 1, history[-1], history[-1]["s"])
         if checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == end):
             if distributed.is_writer():
                 _save_checkpoint(checkpoint, G_u, opt, it + 1, attackers)
             distributed.barrier()
-        if record is not None:
-            record.append(it + 1, history[-1], history[-1]["s"])
         shown.update()
         if not shown.disable and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
