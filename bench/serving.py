@@ -18,15 +18,20 @@ import time
 import click
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def start_server(source: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_server(source: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
+    """`guide-engine serve SOURCE *extra` as its own process on a free loopback port, once it accepts."""
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port), *extra])
     deadline = time.time() + 300
     while True:
@@ -83,9 +88,9 @@ def main(source, requests, seconds, concurrency, warmup, serve_args):
     try:
         url = f"http://127.0.0.1:{port}/v1/generate"
         asyncio.run(load(url, min(concurrency, 8), warmup, None))
-        rss0 = _rss_mb(proc.pid)
+        rss0 = rss_mb(proc.pid)
         out = asyncio.run(load(url, concurrency, requests if requests or seconds else 1000, seconds))
-        out |= {"rss_mb_before": round(rss0, 1), "rss_mb_after": round(_rss_mb(proc.pid), 1)}
+        out |= {"rss_mb_before": round(rss0, 1), "rss_mb_after": round(rss_mb(proc.pid), 1)}
         print(json.dumps(out))
     finally:
         proc.terminate()

@@ -53,13 +53,17 @@ def canonical(report: dict) -> bytes:
     return json.dumps({k: v for k, v in report.items() if k != "signature"}, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _mac(key: str, report: dict) -> str:
+    return hmac.new(key.encode(), canonical(report), hashlib.sha256).hexdigest()
+
+
 def sign(report: dict) -> dict:
     """report + an HMAC-SHA256 `signature` when GUIDE_ENGINE_SIGNING_KEY is set (else unchanged)."""
     key = os.environ.get(KEY_ENV)
     if not key:
         return report
     return {**report, "signature": {"alg": "HMAC-SHA256",
-                                    "value": hmac.new(key.encode(), canonical(report), hashlib.sha256).hexdigest()}}
+                                    "value": _mac(key, report)}}
 
 
 def check_signature(report: dict, where: Path) -> bool:
@@ -68,7 +72,7 @@ def check_signature(report: dict, where: Path) -> bool:
     if not key:
         return False
     sig = (report.get("signature") or {}).get("value")
-    want = hmac.new(key.encode(), canonical(report), hashlib.sha256).hexdigest()
+    want = _mac(key, report)
     if sig is None or not hmac.compare_digest(sig, want):
         raise IntegrityError(f"{where}: {'no' if sig is None else 'a wrong'} signature under {KEY_ENV}; the report was "
                                f"edited, or signed with another key, or never signed")

@@ -5,9 +5,6 @@ bounded schemathesis fuzz of the whole API (no 5xx; every response as documented
 import http.client
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed")
 pytest.importorskip("prometheus_client", reason="the `serve` extra is not installed")
 
+from guide_engine.bench.serving import free_port, rss_mb, start_server  # noqa: E402
 from guide_engine.engine.serve import ServeConfig, create_app  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
@@ -33,7 +25,7 @@ class LiveServer:
     def __init__(self, app):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -149,25 +141,9 @@ def test_burst_beyond_the_queue_gets_503_then_200(run_dir):
         server.stop()
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 @pytest.fixture
 def server_process(run_dir):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", str(run_dir), "--port",
-                             str(port), "--allow-unverified", "--max-wait-ms", "1500"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.poll() else "slow"
-            time.sleep(0.2)
+    proc, port = start_server(str(run_dir), ("--allow-unverified", "--max-wait-ms", "1500"))
     yield proc, port
     if proc.poll() is None:
         proc.kill()
@@ -177,7 +153,7 @@ def server_process(run_dir):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
 def test_chunked_body_over_the_limit_is_cut_off(server_process):
     proc, port = server_process
-    rss0 = _rss_kb(proc.pid)
+    rss0 = rss_mb(proc.pid)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     chunk = b"1," * 32768  # 64 KiB
 
@@ -192,7 +168,7 @@ def test_chunked_body_over_the_limit_is_cut_off(server_process):
         pass  # the server answered and closed while we were still sending: read its answer
     r = conn.getresponse()
     assert r.status == 413 and b"over the limit" in r.read()
-    assert _rss_kb(proc.pid) - rss0 < 20 * 1024
+    assert rss_mb(proc.pid) - rss0 < 20
 
 
 def test_sigterm_finishes_what_is_in_flight(server_process):
