@@ -74,6 +74,21 @@ def gpu_datasheet(name: str) -> dict:
     return {"fp32": None, "bf16": None, "how": f"no datasheet entry for {name}"}
 
 
+# memory bandwidth, TB/s, from the same datasheets
+GPU_DATASHEET_TBPS = {"H200": 4.8, "H100 PCIe": 2.0, "H100 NVL": 3.9, "H100": 3.35, "A100": 2.0}
+
+
+def bandwidth(device: str) -> dict:
+    """=> {"bytes_per_s": the datasheet's memory bandwidth or None, "how": ...} (CPU: None)."""
+    if device != "cuda":
+        return {"bytes_per_s": None, "how": "no bandwidth bound for the CPU"}
+    name = torch.cuda.get_device_name()
+    for key, tbps in GPU_DATASHEET_TBPS.items():
+        if key in name:
+            return {"bytes_per_s": tbps * 1e12, "how": f"NVIDIA datasheet, {key}"}
+    return {"bytes_per_s": None, "how": f"no datasheet entry for {name}"}
+
+
 def theoretical(device: str) -> dict:
     return gpu_datasheet(torch.cuda.get_device_name()) if device == "cuda" else cpu_theoretical()
 

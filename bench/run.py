@@ -22,7 +22,7 @@ from guide_engine.bench.peak import measured_matmul, theoretical
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models.zoo import atomic_write, write_json
 
-ALL_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+ALL_BACKENDS = ("torch", "torch-compile", "torch-cudagraph", "onnxruntime", "tensorrt")
 
 
 def skip_reason(backend: str) -> str | None:
@@ -33,6 +33,8 @@ def skip_reason(backend: str) -> str | None:
             return "tensorrt is not installed (pip install tensorrt on a CUDA host)"
         if not torch.cuda.is_available():
             return "no CUDA GPU"
+    if backend == "torch-cudagraph" and not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA GPU"
     if backend == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
@@ -78,10 +80,15 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
         else:
             sampling.append(res)
     iters = unlearn_iters or (5 if quick else 30)
-    unlearning = _subprocess_json(["guide_engine.bench.unlearning", str(iters)], 1800)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from guide_engine.engine.sampling import default_device
+
+    device = default_device().split(":")[0]
+    unlearning = _subprocess_json(["guide_engine.bench.unlearning", str(iters), device], 1800)
     peaks = theoretical(device)
-    peak = peaks["fp32"]  # the sampling backends compute in fp32
+    # the sampling backends compute in fp32; on CUDA, cuDNN runs fp32 convolutions on the TF32 tensor
+    # cores unless told not to, so the bound is the TF32 peak there
+    precision = "tf32" if device == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
+    peak = peaks.get(precision)
     measured = measured_matmul(device)
     eager = {r["batch"]: r["images_per_s"] for s in sampling if s["backend"] == "torch" for r in s["rows"]}
     for s in sampling:
@@ -93,7 +100,8 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
               "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "versions": {"torch": torch.__version__, "python": platform.python_version(),
                            "onnxruntime": _version("onnxruntime")},
-              "peak_flops": peak, "peak_flops_bf16": peaks["bf16"], "peak_method": f"theoretical: {peaks['how']}",
+              "peak_flops": peak, "peak_precision": precision, "peak_flops_bf16": peaks["bf16"],
+              "peak_method": f"theoretical: {peaks['how']}",
               "measured_matmul_flops": measured, "measured_method": f"best of 5 x 4 fp32 1024x1024 torch.mm on {device}",
               "quick": quick, "sampling": sampling, "skipped": skipped, "unlearning": unlearning}
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +123,7 @@ def markdown(res: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [f"# guide-engine bench ({res['date']})", "",
              f"device: {res['device']} · CPU: {res['cpu_model']} · threads: {res['threads']} · torch {res['versions']['torch']}",
-             f"peak (bound): fp32 {gf(res['peak_flops'])} GFLOP/s, bf16 {gf(res['peak_flops_bf16'])} GFLOP/s "
+             f"peak (bound): {res.get('peak_precision', 'fp32')} {gf(res['peak_flops'])} GFLOP/s, bf16 {gf(res['peak_flops_bf16'])} GFLOP/s "
              f"({res['peak_method']}) · measured fp32 matmul {gf(res['measured_matmul_flops'])} GFLOP/s", "",
              "| backend | batch | images/s (median) | min-max | x torch eager | % of peak | % of measured matmul |",
              "|-|-|-|-|-|-|-|"]
@@ -156,7 +164,8 @@ def plot(res: dict, path: Path) -> None:
     d.text((left, 8), f"sampling throughput, images/s ({res['device']}, {res['threads']} threads)", fill="black")
     d.line((left, H - bottom, W - 10, H - bottom), fill="black")
     d.line((left, 30, left, H - bottom), fill="black")
-    colors = {"torch": "#4c72b0", "torch-compile": "#55a868", "onnxruntime": "#c44e52", "tensorrt": "#8172b2"}
+    colors = {"torch": "#4c72b0", "torch-compile": "#55a868", "torch-cudagraph": "#dd8452", "onnxruntime": "#c44e52",
+              "tensorrt": "#8172b2"}
     batches = sorted({b for _, b, _ in rows})
     backends = [s["backend"] for s in res["sampling"]]
     group_w = (W - left - 20) / max(1, len(batches))

@@ -28,14 +28,18 @@ def make_infer(backend: str, generator, max_batch: int):
 
     if backend == "torch":
         return TorchRunner(generator).infer, {}
-    if backend == "torch-compile":
-        compiled = torch.compile(generator.synthesize)
+    if backend in ("torch-compile", "torch-cudagraph"):
+        # torch-cudagraph: mode="reduce-overhead" records CUDA graphs per batch size, so a call is one
+        # graph replay instead of a launch per kernel (what pays at small batches)
+        mode = "reduce-overhead" if backend == "torch-cudagraph" else None
+        compiled = torch.compile(generator.synthesize, mode=mode)
+        device = generator.average_latent().device
 
         @torch.no_grad()
-        def run(w):
-            return compiled(w)
+        def run(w):  # the runners' contract: the images come back to the host
+            return compiled(w.to(device)).float().cpu()
 
-        return run, {}
+        return run, {"compile_mode": mode or "default"}
     if backend in ("onnxruntime", "tensorrt"):
         from guide_engine.export.onnx import export_onnx
 
@@ -55,9 +59,13 @@ def make_infer(backend: str, generator, max_batch: int):
 def measure(backend: str, source: str, batches: list[int], repeats: int, min_time: float = 0.3) -> dict:
     from guide_engine.engine.sampling import load_generator_source
 
-    generator = load_generator_source(source, device="cuda" if backend == "tensorrt" else "cpu")
+    from guide_engine.engine.sampling import default_device
+
+    # TensorRT needs CUDA; ONNX Runtime picks its own providers; the torch backends run where the engine would
+    on_gpu = backend == "tensorrt" or (backend != "onnxruntime" and default_device().startswith("cuda"))
+    generator = load_generator_source(source, device="cuda" if on_gpu else "cpu")
     infer, extra = make_infer(backend, generator, max(batches))
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     rows = []
     for b in batches:
         w = generator.latents_for_seeds(range(b)).to(generator.average_latent().device)
@@ -78,7 +86,8 @@ def measure(backend: str, source: str, batches: list[int], repeats: int, min_tim
             rates.append(n * b / (time.perf_counter() - t))
         rows.append({"batch": b, "images_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
                      "repeats": repeats, "burn_in_s": round(burn, 3)})
-    return {"backend": backend, "threads": torch.get_num_threads(), "flops_per_image": dcgan_flops(generator),
+    return {"backend": backend, "device": "cuda" if on_gpu else "cpu", "threads": torch.get_num_threads(),
+            "flops_per_image": dcgan_flops(generator),
             "rows": rows, **extra}
 
 

@@ -239,10 +239,11 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--device", default=None, help="Generators and attacker: cpu or cuda (default: cuda when present).")
 @nvlabs_options
 @quiet_option
 def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, attack_loss,
-           no_reinversion, n_preserve, compare, as_json) -> None:
+           no_reinversion, n_preserve, compare, as_json, device) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
     attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
     only if the required level holds for all of them."""
@@ -251,12 +252,14 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     from guide_engine.engine.errors import CheckFailed
     from guide_engine.guide.attack import AttackConfig
     from guide_engine.guide.job import DEFAULT_PRECISION
+    from guide_engine.engine.sampling import default_device
     from guide_engine.guide.verify import summary_table, verify_run
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
                         attack=AttackConfig(starts=attack_starts, steps=attack_steps, loss=attack_loss,
-                                            precision=attack_precision or DEFAULT_PRECISION), progress=not as_json)
+                                            precision=attack_precision or DEFAULT_PRECISION), progress=not as_json,
+                        device=default_device(device))
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
         raise CheckFailed(f"verification failed (required level: {require}): see {run_dir}/report.json")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from guide_engine.engine.errors import GuideEngineError
 
 
 def default_device(device: str | None = None) -> str:
+    """An explicit --device; else $GUIDE_ENGINE_DEVICE (the test suite pins it to cpu, so a CUDA host runs
+    the CPU tests as CI does); else cuda when present."""
+    device = device or os.environ.get("GUIDE_ENGINE_DEVICE") or None
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise GuideEngineError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -73,6 +77,12 @@ def check_report_beside(source: Path, verified: dict | None) -> None:
     report = source / "report.json"
     if verified is not None and report.is_file():
         integrity.check_report(read_json(report), verified, report)
+
+
+def synthesis_batch(generator) -> int:
+    """How many images one no-grad synthesis call may draw: 64 at 64x64 px, fewer as images grow (4 at
+    512 px: EG3D's renderer and super-resolution at batch 64 would need far more than a GPU holds)."""
+    return max(1, min(64, 64 * 64 * 64 * 4 // generator.resolution ** 2))
 
 
 @torch.no_grad()

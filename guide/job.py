@@ -301,6 +301,8 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
             "identities_trained": len(w_u), "ranks": distributed.world()}})
     distributed.barrier()
     t1 = time.perf_counter()
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=job.resume,
                                   progress=progress, stop_after=stop_after, perceptual=perceptual,
                                   photo=torch.cat(photos), init=init, history_csv=partial / "history.csv")
@@ -322,6 +324,8 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
                       "per_iter": round(t_unlearn / max(1, len(history)), 5)},
+        "peak_cuda_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)
+        if torch.device(device).type == "cuda" else None,
         "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     before_after(G_s, G_u, w_u[n_before:], partial / "before_after.png", r)
     if (partial / "history.csv").is_file():

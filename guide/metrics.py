@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from guide_engine.engine.models import zoo
-from guide_engine.engine.sampling import in_batches
+from guide_engine.engine.sampling import in_batches, synthesis_batch
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
@@ -45,7 +45,8 @@ def calibrate(generator, net, base_sha: str) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
-    d = _descriptors(net, in_batches(generator.synthesize, w, desc=f"calibrating {net.name} (once)")).cpu()
+    d = _descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
+                                     desc=f"calibrating {net.name} (once)")).cpu()
     half = len(d) // 2
     a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
     dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)
@@ -95,7 +96,9 @@ class Judged:
         return self.net.name
 
     def desc(self, images: torch.Tensor) -> torch.Tensor:
-        return _descriptors(self.net, images).cpu()
+        """Descriptors on the CPU; the images go to the network's device first (an ONNX judge has none)."""
+        weights = next(self.net.parameters(), None) if isinstance(self.net, torch.nn.Module) else None
+        return _descriptors(self.net, images if weights is None else images.to(weights.device)).cpu()
 
     def dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.net.distance(a, b.expand_as(a)).cpu()
@@ -175,7 +178,8 @@ def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: i
     """Random latents: a face is kept when both networks call its pretrained and unlearned images the same
     person (below the strangers' p5) => (the report's `preservation`, images)."""
     w_r = G_s.latents_for_seeds(range(PRESERVE_SEED0, PRESERVE_SEED0 + n_preserve))
-    xr_pre, xr_un = in_batches(G_s.synthesize, w_r), in_batches(infer, w_r)
+    batch = synthesis_batch(G_s)
+    xr_pre, xr_un = in_batches(G_s.synthesize, w_r, batch), in_batches(infer, w_r, batch)
     out, kept = {"n": n_preserve}, torch.ones(n_preserve, dtype=torch.bool)
     for key, j in (("train", train), ("judge", judge)):
         dr_pre, dr_un = j.desc(xr_pre), j.desc(xr_un)
@@ -262,7 +266,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
 def collapse_sim(G_s, net, targets: list[torch.Tensor]) -> float:
     """Mean identity similarity between the target images of several identities (UFO collapse)."""
     with torch.no_grad():
-        e = F.normalize(_descriptors(net, G_s.synthesize(torch.cat(targets))), dim=1)
+        e = F.normalize(_descriptors(net, G_s.synthesize(torch.cat(targets).to(G_s.average_latent().device))), dim=1)
     sim = e @ e.T
     n = len(targets)
     return ((sim.sum() - n) / (n * (n - 1))).item()

@@ -54,7 +54,10 @@ def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...]) -
 
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
                reinversion: bool = True, judge: str = zoo.DEFAULT_JUDGE, require: str = "forgotten",
-               images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False) -> dict:
+               images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False,
+               device: str = "cpu") -> dict:
+    """device: where the generators, the training network and the attacker run (the SFace judge runs on
+    ONNX Runtime's CPU provider whatever it is); an export's runner keeps its own."""
     run = Path(run)
     if n_preserve < 2:
         raise GuideEngineError(f"--n-preserve {n_preserve}: needs at least 2")
@@ -65,7 +68,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     if attack.starts < 1 or attack.steps < 1:
         raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
     if backend == "torch":
-        G_u = load_generator_source(run, device="cpu")
+        G_u = load_generator_source(run, device=device)
         base_name, verified = G_u.name, G_u.verified
         infer = lambda w: G_u.synthesize(w)  # noqa: E731
     else:
@@ -74,23 +77,23 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         runner = open_runner(run, backend)
         base_name, verified = runner.manifest["generator"], runner.verified
         src = Path(runner.manifest["source"])
-        G_u = load_generator_source(src, device="cpu") if src.is_dir() else None  # for the re-inversion attack
+        G_u = load_generator_source(src, device=device) if src.is_dir() else None  # for the re-inversion attack
         if G_u is not None and G_u.verified["weights_sha256"] != verified["source_weights_sha256"]:
             G_u = None  # the source run moved on since the export: it cannot stand in for the artifact
-        infer = runner.infer
+        infer = lambda w: runner.infer(w).to(device)  # noqa: E731  (the runners answer on the CPU)
     if reinversion and G_u is None:
         raise GuideEngineError(f"{run}: the attack needs the unlearned PyTorch weights, and this export's source "
                                f"run is gone; give --no-reinversion (level robust is then not measured)")
     book = ledger.read(run)
-    G_s = zoo.load_generator(base_name)
+    G_s = zoo.load_generator(base_name, device=device)
     train_name = read_json(run / "manifest.json").get("identity_network", "dlib-resnet-v1") \
         if (run / "manifest.json").is_file() else "dlib-resnet-v1"
-    train_net, judge_net = zoo.load_identity(train_name), zoo.load_judge(judge)
+    train_net, judge_net = zoo.load_identity(train_name, device=device), zoo.load_judge(judge, device=device)
     base_sha = state_sha256(G_s)
     ledger.check_base(book, base_name, base_sha, run)
     train = metrics.Judged(train_net, metrics.calibrate(G_s, train_net, base_sha))
     jdg = metrics.Judged(judge_net, metrics.calibrate(G_s, judge_net, base_sha))
-    w_u = ledger.latents(book, G_s.latent_shape)
+    w_u = ledger.latents(book, G_s.latent_shape).to(device)
     photos = attack_photos(book, G_s, w_u, images) if reinversion else None
     if reinversion:
         for p in (*G_s.parameters(), *G_u.parameters()):
@@ -109,8 +112,9 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
             row.update(found["legacy"])
             attack_images.append(found["images"])
         rows.append(row)
-        pictures.append(pics)
+        pictures.append({key: x.cpu() for key, x in pics.items()})
     preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
+    random_faces = {key: x.cpu() for key, x in random_faces.items()}
     k = metrics.worst(rows, jdg, train)
     report = {"identity_network": train.name,
               "calibration": {k_: v for k_, v in train.calib.items() if k_ not in ("mean_embedding", "quantiles")},

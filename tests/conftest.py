@@ -4,6 +4,9 @@ import os
 
 # The Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Commands that choose their own device run on the CPU, as in CI, also on a CUDA host; the tests marked
+# gpu ask for cuda explicitly.
+os.environ.setdefault("GUIDE_ENGINE_DEVICE", "cpu")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -54,3 +57,13 @@ def isolated_home(tmp_path, monkeypatch):
 
 def pytest_report_header(config):
     return f"torch {torch.__version__}, threads {torch.get_num_threads()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped, with that reason, where torch sees none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch sees none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -47,6 +47,27 @@ def configure(**decisions) -> None:
     _ACCESS.update(decisions)
 
 
+def register_built_extensions() -> None:
+    """NVlabs' torch_utils/custom_ops.py builds its CUDA ops (bias_act, upfirdn2d, filtered_lrelu) with
+    torch.utils.cpp_extension.load and then imports them by name; the torch versions we support return the
+    module without registering it in sys.modules, so that import fails ("No module named 'bias_act_plugin'").
+    Wrapped once: load() also registers what it built under its name. Nothing else changes."""
+    from torch.utils import cpp_extension
+
+    if getattr(cpp_extension.load, "_guide_engine_registers", False):
+        return
+    original = cpp_extension.load
+
+    def load(name, *args, **kwargs):
+        module = original(name, *args, **kwargs)
+        if not isinstance(module, str):  # a Python module (not a bare library path)
+            sys.modules.setdefault(name, module)
+        return module
+
+    load._guide_engine_registers = True
+    cpp_extension.load = load
+
+
 def load_pickle(path: str | Path) -> tuple[dict, nn.Module]:
     """=> (the pickle's dict, its G_ema). One-line errors for every way this goes wrong."""
     path = Path(path)
@@ -64,6 +85,7 @@ def load_pickle(path: str | Path) -> tuple[dict, nn.Module]:
     code = str(Path(code).resolve())
     if code not in sys.path:
         sys.path.insert(0, code)
+    register_built_extensions()
     try:
         with open(path, "rb") as f:
             data = pickle.load(f)
@@ -205,8 +227,9 @@ class EG3DGenerator(NVlabsGenerator):
     def __init__(self, G: nn.Module, name: str):
         super().__init__(G, name, G.backbone.mapping)
         rk = G.rendering_kwargs
-        pivot = torch.tensor(rk.get("avg_cam_pivot", [0.0, 0.0, 0.0]), dtype=torch.float32)
-        self.cam = {"pivot": pivot, "radius": float(rk.get("avg_cam_radius", 2.7))}
+        # EG3D's train.py records its camera orbit under these keys (FFHQ: pivot (0, 0, 0.2), radius 2.7)
+        pivot = torch.tensor(rk.get("avg_camera_pivot", [0.0, 0.0, 0.0]), dtype=torch.float32)
+        self.cam = {"pivot": pivot, "radius": float(rk.get("avg_camera_radius", 2.7))}
         self.neural_rendering_resolution = int(G.neural_rendering_resolution)  # kept from the pickle
         self.register_buffer("c_cond", camera_params(math.pi / 2, math.pi / 2, **self.cam), persistent=False)
         self.register_buffer("c_front", self._view(0.0), persistent=False)

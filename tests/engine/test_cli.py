@@ -43,3 +43,21 @@ def test_bad_input_one_line_error(tmp_path, monkeypatch, args, msg):
     assert r.exit_code == 2
     assert msg in r.output and "Traceback" not in r.output
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_default_device_follows_the_environment(monkeypatch):
+    """--device wins; else $GUIDE_ENGINE_DEVICE (the suite pins cpu: a CUDA host runs the CPU tests as CI);
+    a CUDA device on a host without one is a one-line error."""
+    import torch
+
+    from guide_engine.engine.errors import GuideEngineError
+    from guide_engine.engine.sampling import default_device
+
+    monkeypatch.setenv("GUIDE_ENGINE_DEVICE", "cpu")
+    assert default_device() == "cpu" and default_device("cpu") == "cpu"
+    monkeypatch.delenv("GUIDE_ENGINE_DEVICE")
+    assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("GUIDE_ENGINE_DEVICE", "cuda")
+        with pytest.raises(GuideEngineError, match="CUDA is not available"):
+            default_device()

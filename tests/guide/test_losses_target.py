@@ -21,6 +21,8 @@ def test_ufo_target_formula():
 
 class _AxisGenerator:
     """'Images' are the latents themselves; the toy identity net weighs axis 1 ten times axis 0."""
+    resolution = 1  # protocols.Generator: what synthesis_batch sizes its batches by
+
     def synthesize(self, w):
         return w
 

@@ -68,7 +68,7 @@ class EG3DLike(nn.Module):
         self.decoder = nn.Linear(96, 3)  # stands in for the OSG decoder + super-resolution (not trained by GUIDE)
         self.camera_head = nn.Linear(25, 3)
         self.neural_rendering_resolution = 32
-        self.rendering_kwargs = {"c_scale": 1.0, "avg_cam_pivot": [0, 0, 0.2], "avg_cam_radius": 2.7}
+        self.rendering_kwargs = {"c_scale": 1.0, "avg_camera_pivot": [0, 0, 0.2], "avg_camera_radius": 2.7}
         self._last_planes = None
         self.last_call = {}
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU checklist on a CUDA host, in stages, each one's log and JSON under $RESULTS (default results/gpu):
+#   bash bench/gpu.sh tests     the tests marked gpu (kernels compiled for this GPU, unlearn/verify/runner
+#                               on CUDA)
+#   bash bench/gpu.sh suite     the whole suite, 8 workers (CLI commands default to CUDA there)
+#   bash bench/gpu.sh run       unlearn --seed 0 --device cuda with defaults, verify --device cuda on it
+#   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
+#                               with GUIDE_ENGINE_KERNELS=torch vs the kernels
+#   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
+#   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
+#                               eg3d/ folder of a checkout of github.com/NVlabs/eg3d
+# Stages can be combined: bash bench/gpu.sh run kernels. The weights must be in the cache already
+# (guide-engine models fetch); nothing is downloaded.
+set -uo pipefail
+RESULTS=${RESULTS:-results/gpu}
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+stage() { echo; echo "=== $1 ($(date +%H:%M:%S))"; }
+
+for what in "$@"; do
+  case $what in
+    tests)
+      stage "tests marked gpu (Triton compiled, not interpreted)"
+      TRITON_INTERPRET=0 $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$RESULTS/tests-gpu.log" | tail -15
+      ;;
+    suite)
+      stage "the whole suite (kernels interpreted on CPU tensors, the rest on CUDA where it defaults to it)"
+      TRITON_INTERPRET=1 timeout ${SUITE_TIMEOUT:-480} $PY -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 \
+        | tee "$RESULTS/tests-all.log" | tail -25
+      ;;
+    run)
+      stage "unlearn --seed 0 --device cuda (defaults)"
+      rm -rf "$RESULTS/run0" "$RESULTS/run0.partial"
+      guide-engine unlearn --seed 0 --device cuda --out "$RESULTS/run0" --quiet 2>&1 | tail -5
+      $PY - "$RESULTS/run0" <<'EOF'
+import json, statistics, sys, csv
+run = sys.argv[1]
+m = json.load(open(f"{run}/manifest.json"))
+s = [float(r["seconds"]) for r in csv.DictReader(open(f"{run}/history.csv"))][10:]
+print(f"iterations {len(s) + 10}: median s/iter after 10 burn-in {statistics.median(s):.4f}, "
+      f"whole loop {m['timings_s']['unlearn']:.1f} s, peak CUDA memory {m['peak_cuda_memory_mib']} MiB")
+EOF
+      stage "verify --device cuda"
+      t0=$SECONDS
+      guide-engine verify "$RESULTS/run0" --device cuda --quiet 2>&1 | tail -22
+      echo "verify wall $((SECONDS - t0)) s"
+      ;;
+    kernels)
+      stage "kernels: Triton vs references"
+      (cd "$RESULTS" && $PY -m guide_engine.bench.kernels) 2>&1 | tee "$RESULTS/kernels.log" | tail -22
+      stage "one unlearning iteration: references (GUIDE_ENGINE_KERNELS=torch) vs Triton"
+      for k in torch auto; do
+        GUIDE_ENGINE_KERNELS=$k $PY -m guide_engine.bench.unlearning 40 cuda > "$RESULTS/unlearning-kernels-$k.json"
+        $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], {k: round(v['s_per_iter']*1e3, 2) for k, v in d['levers'].items()}, 'ms/iter')" \
+          "$RESULTS/unlearning-kernels-$k.json" "kernels=$k"
+      done
+      ;;
+    sampling)
+      stage "guide-engine bench (sampling per backend; unlearning levers)"
+      guide-engine bench --backends torch,torch-compile,torch-cudagraph,onnxruntime,tensorrt --batch 1,64,256 \
+        --out "$RESULTS/bench" --quiet 2>&1 | tail -30
+      ;;
+    eg3d)
+      stage "EG3D FFHQ-512, random init"
+      $PY -m guide_engine.bench.eg3d --nvlabs-code "${NVLABS_CODE:?set NVLABS_CODE to NVlabs eg3d/ folder}" \
+        --iters "${EG3D_ITERS:-12}" --out "$RESULTS/eg3d" 2>&1 | tail -8
+      ;;
+    *) echo "unknown stage $what (tests, suite, run, kernels, sampling, eg3d)"; exit 2 ;;
+  esac
+done
