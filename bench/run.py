@@ -2,9 +2,10 @@
 seconds per iteration (the official loop structure and each speed lever), written as bench.json,
 bench.md and bench.png.
 
-"% of peak" is the model's counted FLOPs x images/s over the theoretical fp32 peak (bench/peak.py: read
-from the CPU, or the GPU's datasheet), a bound no backend can pass; a measured fp32 matmul is reported
-beside it, as "measured".
+"% of peak" is the model's counted FLOPs x images/s over the theoretical peak of the precision the
+backends compute in (bench/peak.py: read from the CPU, fp32; or the GPU's datasheet, TF32 where cuDNN
+runs fp32 convolutions on the tensor cores, as it does by default), a bound no backend can pass; a
+measured fp32 matmul is reported beside it, as "measured".
 """
 from __future__ import annotations
 
