@@ -13,7 +13,6 @@ synchronised), median after BURN_IN iterations.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import pickle
 import statistics
@@ -48,9 +47,11 @@ def ffhq512_generator(nvlabs_code: Path, seed: int = 0):
     return G.eval().requires_grad_(False)
 
 
-def s_per_iter(run: Path) -> tuple[float, float, float]:
-    with open(run / "history.csv") as f:
-        s = [float(r["seconds"]) for r in csv.DictReader(f)][BURN_IN:]
+def s_per_iter(run: Path, burn_in: int = BURN_IN) -> tuple[float, float, float]:
+    """A run's history.csv => (median, min, max) seconds per iteration after `burn_in` iterations."""
+    from guide_engine.guide import history
+
+    s = [float(r["seconds"]) for r in history.read(run / "history.csv")][burn_in:]
     return statistics.median(s), min(s), max(s)
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["modes"][mode] = {"s_per_iter": med, "min": lo, "max": hi,
                                  "peak_cuda_memory_mib": manifest.get("peak_cuda_memory_mib"),
                                  "s_per_1000_iters": 1000 * med}
-    if "device_name" not in result and args.device.startswith("cuda"):
+    if args.device.startswith("cuda"):
         import torch
 
         result["device_name"] = torch.cuda.get_device_name()

@@ -34,11 +34,12 @@ for what in "$@"; do
       rm -rf "$RESULTS/run0" "$RESULTS/run0.partial"
       guide-engine unlearn --seed 0 --device cuda --out "$RESULTS/run0" --quiet 2>&1 | tail -5
       $PY - "$RESULTS/run0" <<'EOF'
-import json, statistics, sys, csv
-run = sys.argv[1]
-m = json.load(open(f"{run}/manifest.json"))
-s = [float(r["seconds"]) for r in csv.DictReader(open(f"{run}/history.csv"))][10:]
-print(f"iterations {len(s) + 10}: median s/iter after 10 burn-in {statistics.median(s):.4f}, "
+import json, sys
+from pathlib import Path
+from guide_engine.bench.eg3d import s_per_iter
+run = Path(sys.argv[1])
+m = json.loads((run / "manifest.json").read_text())
+print(f"median s/iter after 10 burn-in {s_per_iter(run, 10)[0]:.4f}, "
       f"whole loop {m['timings_s']['unlearn']:.1f} s, peak CUDA memory {m['peak_cuda_memory_mib']} MiB")
 EOF
       stage "verify --device cuda"

@@ -31,7 +31,7 @@ def test_unlearn_on_cuda(cuda_run):
     assert all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k != "s")
 
 
-def test_verify_on_cuda_matches_cpu(cuda_run, tmp_path):
+def test_verify_on_cuda_matches_cpu(cuda_run):
     args = ["verify", str(cuda_run), "--attack-starts", "2", "--attack-steps", "5", "--n-preserve", "32", "--json",
             "--quiet"]
     reports = {}
