@@ -77,9 +77,11 @@ def identity_distances(generator, identity_net, w_u: torch.Tensor, targets: torc
 
 
 @torch.no_grad()
-def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int,
-                      max_angle_deg: float, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """=> (w_t (1, *S), what was searched). n = 0 returns the formula's target unchanged."""
+def ufo_candidates(w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int, max_angle_deg: float,
+                   rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """=> (1 + n candidates (1 + n, *S), their angles from the formula's direction in radians (1 + n,)):
+    the formula's target first, then w_avg + d (cos t u + sin t v), t ~ U(0, max_angle), v random and
+    orthogonal to u."""
     w_t0 = ufo_target(w_u, w_avg, d, "extra")
     u = (w_t0 - w_avg) / d  # unit, (1, *S)
     col = (-1, *[1] * (u.dim() - 1))  # broadcast one scalar per candidate
@@ -88,8 +90,14 @@ def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.T
     v = v - (v.flatten(1) @ u.flatten()).view(col) * u
     v = v / v.flatten(1).norm(dim=1).view(col)
     c, s = theta.cos().to(u.device).view(col), theta.sin().to(u.device).view(col)
-    cands = torch.cat([w_t0, w_avg + d * (c * u + s * v)])
-    theta = torch.cat([torch.zeros(1), theta])
+    return torch.cat([w_t0, w_avg + d * (c * u + s * v)]), torch.cat([torch.zeros(1), theta])
+
+
+@torch.no_grad()
+def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int,
+                      max_angle_deg: float, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """=> (w_t (1, *S), what was searched). n = 0 returns the formula's target unchanged."""
+    cands, theta = ufo_candidates(w_u, w_avg, d, n, max_angle_deg, rng)
     dist = identity_distances(generator, identity_net, w_u, cands)
     best = int(dist.argmax())
     return cands[best:best + 1].clone(), {

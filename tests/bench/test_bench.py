@@ -63,3 +63,18 @@ def test_kernel_bench_quick_on_cpu(tmp_path, monkeypatch):
     assert len(rows) == 12 and all(r["ref_eager_us"] > 0 for r in rows)
     assert (tmp_path / "kernels.json").is_file()
     assert all(r["triton_us"] is None and r["kernel_queued_us"] is None for r in rows)  # no fake Triton timings on the CPU
+
+
+def test_target_study_grades_the_picks_with_the_judge():
+    """bench/targets.py on 2 identities x 8 candidates: every rule picks one target per identity, and the
+    judge's own pick (the ceiling) is at least as far as any rule that chooses from the same candidates."""
+    from guide_engine.bench.targets import study
+
+    out = study([300, 301], n=8, angle=30.0)
+    assert out["n_seeds"] == 2 and 0 < out["judge_forgotten_line"] < 2
+    rules = out["rules"]
+    ceiling = next(v for k, v in rules.items() if k.startswith("ceiling"))
+    for name in ("formula", "a random candidate", "training network's farthest, <= 30 deg, 1 r"):
+        r = next(v for k, v in rules.items() if k.startswith(name))
+        assert 0 <= r["far_enough"] <= 2
+        assert ceiling["judge_dist_mean"] >= r["judge_dist_mean"] - 1e-6
