@@ -156,12 +156,16 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
 @click.option("--robust", is_flag=True,
               help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
+@click.option("--push-past", is_flag=True,
+              help="Also push each unlearned face past a margin from the person under the training network, beyond "
+                   "its target (README: many identities).")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None,
               help="Networks' passes in bf16 autocast or fp32 (weights, Adam and losses stay fp32) [see README].")
 @quiet_option
 def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
             target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
-            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust, precision) -> None:
+            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust, push_past,
+            precision) -> None:
     """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
     request after another (--generator RUN_DIR)."""
     from guide_engine.engine.images import parse_seeds
@@ -179,7 +183,7 @@ def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_p
                     alpha_max_rel=alpha_max_rel, losses=tuple(s.strip() for s in losses.split(",") if s.strip()),
                     identities_per_iter=identities_per_iter, device=default_device(device), run_seed=run_seed,
                     invert_steps=invert_steps, checkpoint_every=checkpoint_every, reference_loop=reference_loop,
-                    micro_batch=micro_batch, robust=RobustConfig() if robust else None,
+                    micro_batch=micro_batch, robust=RobustConfig() if robust else None, push_past=push_past,
                     precision=precision or DEFAULT_PRECISION, resume=resume)
     run = unlearn_job(job)
     from guide_engine.guide import distributed

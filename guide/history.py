@@ -7,7 +7,7 @@ import csv
 import math
 from pathlib import Path
 
-COLUMNS = ("iteration", "total", "local", "adj", "glob", "robust", "attack_dist", "seconds")
+COLUMNS = ("iteration", "total", "local", "adj", "glob", "push", "robust", "attack_dist", "seconds")
 
 
 class History:
@@ -52,7 +52,8 @@ def plot(csv_path: Path, png_path: Path) -> None:
     rows = read(csv_path)
     it = [int(r["iteration"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    for key, style in (("total", "k-"), ("local", "C0-"), ("adj", "C1-"), ("glob", "C2-"), ("robust", "C3--")):
+    for key, style in (("total", "k-"), ("local", "C0-"), ("adj", "C1-"), ("glob", "C2-"), ("push", "C4-"),
+                       ("robust", "C3--")):
         ys = [float(r[key]) if r.get(key) else math.nan for r in rows]
         if any(y > 0 for y in ys if not math.isnan(y)):
             ax.plot(it, [y if y > 0 else math.nan for y in ys], style, lw=1.2, label=key)

@@ -44,6 +44,8 @@ ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as 
 TARGET_SEARCH = 64  # identity-checked UFO: candidates on the far side (0 = the formula alone)
 TARGET_ANGLE_DEG = 30.0  # ... at most this far from the formula's direction
 DEFAULT_ITERS = 400  # one identity (official: 1000; see README)
+PUSH_WEIGHT = 1.0  # --push-past: the term's weight, and its margin relative to the strangers' median distance
+PUSH_MARGIN_REL = 1.85  # under the training network (dlib: 1.85 x 0.543 = 1.00, past every stranger pair's 0.81)
 DEFAULT_PRECISION = "fp32"  # of the networks' passes in the loop, the inversion and the attack (README: measured)
 UPDATES_PER_IDENTITY = 200  # with many: iterations in which each identity is drawn, on average (measured: README)
 
@@ -101,6 +103,7 @@ class JobConfig:
     reference_loop: bool = False
     micro_batch: int = 0
     robust: RobustConfig | None = None
+    push_past: bool = False  # add the push-past term (guide/losses.py), its margin resolved from the calibration
     precision: str = DEFAULT_PRECISION
     resume: bool = False
 
@@ -285,6 +288,11 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         from guide_engine.guide.metrics import calibrate, quantile
 
         robust = dataclasses.replace(robust, margin=quantile(calibrate(G_s, id_net, base_sha), robust.margin_quantile))
+    push_margin = 0.0
+    if job.push_past:  # PUSH_MARGIN_REL times the strangers' median distance under the training network
+        from guide_engine.guide.metrics import calibrate
+
+        push_margin = PUSH_MARGIN_REL * calibrate(G_s, id_net, base_sha)["strangers_dist_median"]
     iters = job.iters or default_iters(len(w_u), job.identities_per_iter)
     cfg = UnlearnConfig(generator=base_name, identity=job.identity, iters=iters, lr=job.lr, target=job.target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,
@@ -292,7 +300,8 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         target_angle=job.target_angle, losses=job.losses, seed=job.run_seed, device=device,
                         checkpoint_every=job.checkpoint_every, reference_loop=job.reference_loop,
                         micro_batch=job.micro_batch, perceptual=perceptual_name, robust=robust,
-                        identities_per_iter=job.identities_per_iter, precision=job.precision)
+                        identities_per_iter=job.identities_per_iter, precision=job.precision,
+                        push_weight=PUSH_WEIGHT if job.push_past else 0.0, push_margin=push_margin)
     if distributed.is_writer():
         partial.mkdir(parents=True, exist_ok=True)
         zoo.write_json(partial / ledger.LEDGER, book)

@@ -11,6 +11,10 @@ P is LPIPS-VGG when its weights are given; the default is "dlib-lpips": an LPIPS
 the identity network's intermediate features (unit-normalised over channels at each position,
 squared difference summed over channels, averaged over space, then averaged over the tapped blocks).
 ID = 1 - cos of the identity embeddings (kernels.identity_distance), target side detached.
+Push past (`unlearn --push-past`, an engine addition, off by default): the local pairs also take
+    W_push * relu(m - dist(x_u, G_s(w_u)))
+in the training network's own distance: the unlearned face is pushed past a margin m from the person,
+beyond its target, which the judge finds too close for about one identity in five (README).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class Terms:
     mse: torch.Tensor  # (N,)
     perceptual: torch.Tensor  # (N,)
     identity: torch.Tensor  # (N,)
+    desc_u: torch.Tensor | None = None  # (N, D) the identity network's descriptors of x_u (for push_past)
 
     def pair(self) -> torch.Tensor:
         """(N,) the weighted pair loss 0.01 MSE + P + 0.1 ID."""
@@ -71,7 +76,13 @@ def pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl: str = "auto", percept
         with torch.no_grad():
             desc_t = identity_net.descriptors(x_t)
         p = perceptual(x_u, x_t.detach())
-    return Terms(mse, p, identity_distance(desc_u, desc_t, reduction="none", impl=impl))
+    return Terms(mse, p, identity_distance(desc_u, desc_t, reduction="none", impl=impl), desc_u)
+
+
+def push_past(identity_net, desc_u: torch.Tensor, desc_source: torch.Tensor, margin: float) -> torch.Tensor:
+    """(N, D) descriptors of unlearned faces and of the faces they were => (N,) relu(margin - distance), in the
+    training network's own distance: zero once a face is at least `margin` from the person it was."""
+    return torch.relu(margin - identity_net.distance(desc_u, desc_source))
 
 
 LOCAL, ADJ, GLOB = 0, 1, 2  # the role of each sample of an iteration

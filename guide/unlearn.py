@@ -27,7 +27,7 @@ from guide_engine.engine.progress import bar
 from guide_engine.engine.precision import check as check_precision
 from guide_engine.guide import distributed
 from guide_engine.guide.history import History
-from guide_engine.guide.losses import LOCAL, Terms, guide_loss, pair_terms, roles
+from guide_engine.guide.losses import LOCAL, Terms, guide_loss, pair_terms, push_past, roles
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
 
@@ -64,6 +64,8 @@ class UnlearnConfig:
     robust: RobustConfig | None = None  # attack-aware unlearning (guide/robust.py); None = GUIDE alone
     precision: str = "fp32"  # of the identity network's convolutions: fp32 or bf16 (engine/precision.py)
     cache_targets: bool = True  # compute the local pairs' constant target side once (TargetCache)
+    push_weight: float = 0.0  # > 0: push each unlearned face past push_margin from the person (losses.push_past)
+    push_margin: float = 0.0  # absolute, in the training network's distance; resolved by the job
 
     def validate(self) -> None:
         if self.iters < 1:
@@ -76,6 +78,8 @@ class UnlearnConfig:
         if self.micro_batch < 0:
             raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
         check_precision(self.precision)
+        if self.push_weight < 0 or (self.push_weight > 0 and not self.push_margin > 0):
+            raise GuideEngineError("push past: the weight must be >= 0 and, when it is not 0, the margin positive")
         if self.identities_per_iter < 1:
             raise GuideEngineError(f"--identities-per-iter {self.identities_per_iter}: must be at least 1")
         if self.robust is not None:
@@ -142,6 +146,13 @@ class TargetCache:
             self.x, self.rep = G_s.synthesize_with_representation(w_t, None)
             self.feats, self.desc = identity_net.features(self.x) if perceptual is None else (None, None)
         self.with_features = perceptual is None
+        self.source_desc = None  # the push-past term's sources, G_s(w_u): set by with_sources
+
+    def with_sources(self, G_s, identity_net, w_u: torch.Tensor) -> "TargetCache":
+        """Also keep the identity network's descriptors of G_s(w_u) (constants too)."""
+        with torch.no_grad():
+            self.source_desc = identity_net.descriptors(G_s.synthesize(w_u))
+        return self
 
     @staticmethod
     def usable(G_s) -> bool:
@@ -170,7 +181,27 @@ def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perce
         else:
             x_t, rep_t, target = cache.target_side(G_s, identity_net, batch)
     terms = pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual, target=target)
-    return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
+    return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch,
+                     cfg, cache)
+
+
+def with_push(out: dict, terms: Terms, G_s, identity_net, batch: Batch, cfg: UnlearnConfig,
+              cache: TargetCache | None = None) -> dict[str, torch.Tensor]:
+    """GUIDE's losses plus, with cfg.push_weight, the push-past term on the batch's local rows (averaged over
+    the iteration's identities, like the pairs): their faces under G_u against G_s's at the same w_u."""
+    if not cfg.push_weight:
+        return out
+    local = batch.role.to(terms.desc_u.device) == LOCAL
+    if cache is not None and cache.source_desc is not None:
+        source = cache.source_desc[batch.identity[batch.role == LOCAL].to(cache.source_desc.device)]
+    else:
+        with torch.no_grad():
+            source = identity_net.descriptors(G_s.synthesize(batch.lat_u[local], batch.view)) if local.any() \
+                else terms.desc_u[:0].detach()
+    out["push"] = cfg.push_weight * push_past(identity_net, terms.desc_u[local], source, cfg.push_margin).sum() \
+        / batch.n_identities
+    out["total"] = out["total"] + out["push"]
+    return out
 
 
 def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None,
@@ -201,7 +232,7 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
             x_t, rep_t = G_s.synthesize_with_representation(batch.lat_t[i:i + 1], batch.view)
         per.append(pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual))
     terms = Terms(*(torch.cat([getattr(t, f.name) for t in per]) for f in dataclasses.fields(Terms)))
-    return guide_loss(terms, batch.role, batch.n_identities, cfg.losses)
+    return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch, cfg)
 
 
 def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -> None:
@@ -261,6 +292,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         start = state["iter"]
     cache = TargetCache(G_s, identity_net, w_t, cfg, perceptual) \
         if cfg.cache_targets and not cfg.reference_loop and TargetCache.usable(G_s) else None
+    if cache is not None and cfg.push_weight:
+        cache.with_sources(G_s, identity_net, w_u)
     step = step_reference if cfg.reference_loop else functools.partial(step_batched, cache=cache)
     history = []
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
@@ -310,7 +343,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         shown.update()
         if not shown.disable and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
-            shown.set_postfix({k: f"{h[k]:.4f}" for k in ("total", "local", "adj", "glob", "robust", "attack_dist")
+            shown.set_postfix({k: f"{h[k]:.4f}" for k in ("total", "local", "adj", "glob", "push", "robust", "attack_dist")
                                if k in h} | {"s/it": f"{h['s']:.3f}"}, refresh=False)
     shown.close()
     for p in params:

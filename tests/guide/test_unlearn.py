@@ -80,6 +80,48 @@ def test_batched_equals_reference_loop_and_micro_batches(generator, identity, n_
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_push_past_is_zero_past_the_margin_and_pushes_the_face_away(generator, identity):
+    from guide_engine.guide.losses import push_past
+
+    with torch.no_grad():
+        src = identity.descriptors(generator.synthesize(generator.latents_for_seeds([0, 1])))
+        w = generator.latents_for_seeds([2, 3])
+    d0 = identity.distance(identity.descriptors(generator.synthesize(w)), src)
+    assert torch.equal(push_past(identity, identity.descriptors(generator.synthesize(w)), src, 0.1), torch.zeros(2))
+    w = w.clone().requires_grad_(True)
+    hinge = push_past(identity, identity.descriptors(generator.synthesize(w)), src, 2.0)
+    torch.testing.assert_close(hinge.detach(), 2.0 - d0)
+    (g,) = torch.autograd.grad(hinge.sum(), [w])
+    with torch.no_grad():  # a small step down the hinge moves each face away from its person
+        d1 = identity.distance(identity.descriptors(generator.synthesize(w - 0.05 * g / g.norm(dim=1, keepdim=True))), src)
+    assert (d1 > d0).all()
+
+
+def test_push_past_in_the_loop_batched_cached_and_reference_agree(generator, identity):
+    """--push-past adds the same term in the batched loop (sources cached once), the batched loop without the
+    cache and the official structure; it counts in the total, and with weight 0 nothing changes."""
+    import copy
+
+    from guide_engine.guide.unlearn import TargetCache, iteration_latents, step_batched, step_reference
+
+    w_u = generator.latents_for_seeds([0, 1, 2])
+    w_t = torch.cat([ufo_target(w_u[i:i + 1], generator.average_latent(), 10.0) for i in range(3)])
+    cfg = _cfg(identities_per_iter=2, push_weight=1.0, push_margin=1.0)
+    batch = iteration_latents(generator, w_u, w_t, cfg, it=4)
+    g = copy.deepcopy(generator)
+    cache = TargetCache(generator, identity, w_t, cfg).with_sources(generator, identity, w_u)
+    runs = [step_batched(g, generator, identity, batch, cfg, cache=cache), step_batched(g, generator, identity, batch, cfg),
+            step_reference(g, generator, identity, batch, cfg)]
+    assert runs[0]["push"].item() == pytest.approx(2 * 1.0 / 2, rel=1e-4)  # G_u = G_s: each face is its person
+    for other in runs[1:]:
+        for k in ("push", "total", "local"):
+            assert other[k].item() == pytest.approx(runs[0][k].item(), rel=1e-5), k
+    plain = step_batched(g, generator, identity, batch, _cfg(identities_per_iter=2), cache=cache)
+    assert "push" not in plain and plain["total"].item() == pytest.approx(runs[0]["total"].item() - 1.0, rel=1e-5)
+    with pytest.raises(Exception, match="push past"):
+        _cfg(push_weight=1.0).validate()
+
+
 def test_identity_batch_is_a_function_of_seed_and_iteration():
     from guide_engine.guide.unlearn import identity_batch
 
@@ -115,6 +157,20 @@ def test_cli_tiny_run(tmp_path, generator):
     assert not (tmp_path / "run.partial").exists()
     r = CliRunner().invoke(main, ["sample", "--generator", str(out), "--seeds", "0", "--out", str(tmp_path / "s.npy")])
     assert r.exit_code == 0, r.output
+    assert cfg["push_weight"] == 0  # --push-past is off by default
+
+
+def test_cli_push_past_resolves_its_margin_from_the_calibration(tmp_path, generator, identity):
+    from guide_engine.guide.job import PUSH_MARGIN_REL, state_sha256
+    from guide_engine.guide.metrics import calibrate
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "3", "--out", str(out), "--iters", "2", "--push-past"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    median = calibrate(generator, identity, state_sha256(generator))["strangers_dist_median"]
+    assert cfg["push_weight"] > 0 and cfg["push_margin"] == pytest.approx(PUSH_MARGIN_REL * median)
+    assert "push" in (out / "history.csv").read_text().splitlines()[0].split(",")
 
 
 def test_cli_from_image(tmp_path, generator):
