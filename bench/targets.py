@@ -55,10 +55,13 @@ def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "
             return idx[row[key][idx].argmax()]
         return rule
 
+    def first_random(row):  # candidates are drawn independently: the first one in the cone is a random pick
+        inside = torch.nonzero((row["theta"][1:] <= math.radians(30)) & (row["d_rel"][1:] == 1.0)).flatten()
+        return int(inside[0]) + 1 if len(inside) else 0
+
     rules = {
         "formula (GUIDE's UFO target, d = 1 r)": lambda row: 0,
-        "a random candidate (<= 30 deg, 1 r)": lambda row: int(torch.nonzero(
-            (row["theta"][1:] <= math.radians(30)) & (row["d_rel"][1:] == 1.0)).flatten()[0]) + 1,
+        "a random candidate (<= 30 deg, 1 r)": first_random,
         "training network's farthest, <= 30 deg, 1 r (the engine's rule)": farthest("train", 30, (1.0,)),
         "training network's farthest, <= 90 deg, 1 or 1.5 r": farthest("train", 90, (1.0, 1.5)),
         "training network's farthest, <= 60 deg, 1.5 r": farthest("train", 60, (1.5,)),
