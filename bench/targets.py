@@ -26,7 +26,7 @@ def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "
     from guide_engine.engine.sampling import in_batches
     from guide_engine.guide.job import state_sha256
     from guide_engine.guide.metrics import calibrate
-    from guide_engine.guide.target import typical_radius, ufo_candidates
+    from guide_engine.guide.target import image_distances, typical_radius, ufo_candidates
 
     G, net, judge = zoo.load_generator(), zoo.load_identity(identity), zoo.load_judge()
     line = calibrate(G, judge, state_sha256(G))["strangers_dist_median"]
@@ -39,11 +39,9 @@ def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "
         far, theta_far = ufo_candidates(w_u, w_avg, 1.5 * r, n - n // 2, angle, rng)
         cands, theta = torch.cat([near, far]), torch.cat([theta_near, theta_far])
         d_rel = torch.cat([torch.ones(len(near)), torch.full((len(far),), 1.5)])
-        src, x = G.synthesize(w_u), in_batches(G.synthesize, cands)
-        train = net.distance(net.descriptors(src).expand(len(x), -1), in_batches(net.descriptors, x))
-        judged = judge.distance(judge.descriptors(src).expand(len(x), -1), in_batches(judge.descriptors, x))
-        rows.append({"seed": seed, "theta": theta, "d_rel": d_rel, "train": train.cpu(), "judge": judged,
-                     "pixel": (x - src).abs().flatten(1).mean(1).cpu()})
+        src, x = G.synthesize(w_u), in_batches(G.synthesize, cands)  # each image drawn once, judged twice
+        rows.append({"seed": seed, "theta": theta, "d_rel": d_rel, "train": image_distances(net, src, x),
+                     "judge": image_distances(judge, src, x), "pixel": (x - src).abs().flatten(1).mean(1).cpu()})
 
     def pick(rule) -> list[float]:
         return [row["judge"][rule(row)].item() for row in rows]

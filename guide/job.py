@@ -283,16 +283,16 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     with torch.no_grad():  # what the robust mode's attacker holds: the photo, or what G_s drew at w_u
         photos = [G_s.synthesize(w_u[i:i + 1]) if i < n_before or photos[i - n_before] is None else photos[i - n_before]
                   for i in range(len(w_u))]
-    robust = job.robust
-    if robust is not None and robust.margin is None:  # a quantile of the strangers' training-network distance
+    robust, push_margin = job.robust, 0.0
+    resolve_robust = robust is not None and robust.margin is None
+    if resolve_robust or job.push_past:  # margins from the strangers' distances under the training network
         from guide_engine.guide.metrics import calibrate, quantile
 
-        robust = dataclasses.replace(robust, margin=quantile(calibrate(G_s, id_net, base_sha), robust.margin_quantile))
-    push_margin = 0.0
-    if job.push_past:  # PUSH_MARGIN_REL times the strangers' median distance under the training network
-        from guide_engine.guide.metrics import calibrate
-
-        push_margin = PUSH_MARGIN_REL * calibrate(G_s, id_net, base_sha)["strangers_dist_median"]
+        calib = calibrate(G_s, id_net, base_sha)
+        if resolve_robust:  # a quantile of them
+            robust = dataclasses.replace(robust, margin=quantile(calib, robust.margin_quantile))
+        if job.push_past:  # PUSH_MARGIN_REL times their median
+            push_margin = PUSH_MARGIN_REL * calib["strangers_dist_median"]
     iters = job.iters or default_iters(len(w_u), job.identities_per_iter)
     cfg = UnlearnConfig(generator=base_name, identity=job.identity, iters=iters, lr=job.lr, target=job.target,
                         target_distance=d, target_distance_rel=d / r, radius=r, alpha_max=a_rel * r,

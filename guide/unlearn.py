@@ -191,13 +191,14 @@ def with_push(out: dict, terms: Terms, G_s, identity_net, batch: Batch, cfg: Unl
     the iteration's identities, like the pairs): their faces under G_u against G_s's at the same w_u."""
     if not cfg.push_weight:
         return out
-    local = batch.role.to(terms.desc_u.device) == LOCAL
+    local = batch.role == LOCAL
     if cache is not None and cache.source_desc is not None:
-        source = cache.source_desc[batch.identity[batch.role == LOCAL].to(cache.source_desc.device)]
+        source = cache.source_desc[batch.identity[local].to(cache.source_desc.device)]
     else:
         with torch.no_grad():
-            source = identity_net.descriptors(G_s.synthesize(batch.lat_u[local], batch.view)) if local.any() \
-                else terms.desc_u[:0].detach()
+            source = identity_net.descriptors(G_s.synthesize(batch.lat_u[local.to(batch.lat_u.device)], batch.view)) \
+                if local.any() else terms.desc_u[:0].detach()
+    local = local.to(terms.desc_u.device)
     out["push"] = cfg.push_weight * push_past(identity_net, terms.desc_u[local], source, cfg.push_margin).sum() \
         / batch.n_identities
     out["total"] = out["total"] + out["push"]
