@@ -1,0 +1,62 @@
+"""bench/robust.py: variants parse into RobustConfig fields, the summary applies the bar, and a tiny sweep runs
+real unlearning + verify in a spawned process, then re-grades the same generators with another attacker."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from guide_engine.bench.robust import main, parse_variant, summarise
+from guide_engine.engine.errors import GuideEngineError
+
+
+def test_variants_parse_with_the_config_types():
+    assert parse_variant("a:pool=32,margin_quantile=0.2,reseed=farthest,iters=800") == \
+        ("a", {"pool": 32, "margin_quantile": 0.2, "reseed": "farthest", "iters": 800})
+    assert parse_variant("base:") == ("base", {}) and parse_variant("guide:iters=10") == ("guide", {"iters": 10})
+    for bad, why in (("a:pools=3", "RobustConfig's fields"), ("a:pool=x", "not a number"), (":pool=3", "NAME"),
+                     ("guide:pool=3", "only iters")):
+        with pytest.raises(GuideEngineError, match=why):
+            parse_variant(bad)
+
+
+def _row(variant, seed, **kw):
+    row = {"variant": variant, "seed": seed, "judge_at_wu": 0.9, "forgotten": True, "attack_judge": 0.6,
+           "attack_train": 0.4, "robust_judge": True, "robust_train": True, "kept": 0.97, "kept_ok": True,
+           "pixel_l1": 0.04, "unlearn_s": 30.0}
+    return {**row, **kw}
+
+
+def test_summary_applies_every_part_of_the_bar():
+    rows = [_row("guide", 1, robust_judge=False, robust_train=False, unlearn_s=10.0), _row("guide", 2, unlearn_s=10.0),
+            _row("v", 1), _row("v", 2, pixel_l1=0.061),  # L1 over 1.5x GUIDE's on seed 2
+            _row("w", 1, robust_train=False), _row("w", 2, kept_ok=False, kept=0.9), _row("w", 3)]  # 3: no GUIDE run
+    s = {r["variant"]: r for r in summarise(rows)}
+    assert s["v"]["bar_but_time"] == 1 and s["v"]["l1_vs_guide_max"] == pytest.approx(1.525)
+    assert s["v"]["wall_vs_guide_median"] == 3.0 and s["w"]["bar_but_time"] == 0
+    assert (s["w"]["robust_train"], s["w"]["kept_ok"], s["w"]["kept_min"]) == (2, 2, 0.9)
+    assert s["guide"]["robust_judge"] == 1 and s["guide"]["bar_but_time"] == 1
+
+
+def test_tiny_sweep_runs_and_regrades(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["--seeds", "900", "--variant", "tiny:pool=2,steps=1,iters=2,preserve=1", "--jobs", "1",
+            "--n-preserve", "4", "--out", str(out)]
+    r = CliRunner().invoke(main, args + ["--attack", "2x3"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == {"2x3 identity"}
+    loop = {x["variant"]: x["attack_in_loop"] for x in rows}
+    assert loop["guide"] is None and 0 < loop["tiny"] < 2  # the pool's best distance, from the run's history
+    config = json.loads((out / "runs" / "tiny_s900" / "config.json").read_text())
+    assert config["robust"]["pool"] == 2 and config["robust"]["preserve"] == 1 and config["iters"] == 2
+    assert json.loads((out / "runs" / "guide_s900" / "config.json").read_text())["robust"] is None
+    assert "| tiny | 1 |" in r.output and "| guide | 1 |" in r.output
+    weights = (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns
+    r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attack-loss", "pixel", "--no-guide"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["attack"] for x in rows if x["variant"] == "tiny"] == ["2x3 identity", "2x4 pixel"] and len(rows) == 3
+    assert "| tiny | 1 |" in r.output and "| guide |" not in r.output
+    assert (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns == weights  # re-graded, not re-run
+    r = CliRunner().invoke(main, args + ["--variant", "bad:pool=x"])
+    assert r.exit_code == 2 and "not a number" in r.output
