@@ -7,7 +7,8 @@ the attack under both networks, kept >= 95%, pixel L1 within 1.5x GUIDE's, unlea
         --variant m20p16:margin_quantile=0.2,preserve=16 --device cuda --jobs 9 --out results/robust
 
 A variant is NAME:key=value,... over RobustConfig's fields (guide/robust.py); `iters=` sets the run's
-iteration count. GUIDE alone (no robust mode) runs as the variant `guide`. Results go to OUT/results.jsonl
+iteration count. GUIDE alone (no robust mode) runs as the variant `guide` (`--variant guide:iters=N` to
+change its iterations, `--no-guide` to leave it out). Results go to OUT/results.jsonl
 a line per (variant, seed) as each finishes; a second call with the same OUT reuses finished runs, so a
 sweep cut short resumes, and `--attack 16x500` or `--attack-loss pixel` re-grades finished runs with a
 harder or an identity-free attacker (OUT/runs holds the generators). Timings are only comparable between
@@ -26,6 +27,7 @@ from pathlib import Path
 import click
 
 GUIDE = "guide"  # the variant without the robust mode
+ITERS = 400  # a variant's iterations unless it names iters=
 IN_LOOP_LAST = 40  # attack_in_loop: median of the pool's best distance over the run's last iterations
 
 
@@ -54,6 +56,24 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, out
 
 
+def check_reusable(run: Path, name: str, overrides: dict) -> None:
+    """A finished run under OUT/runs is re-graded only if it was made with the settings asked for now."""
+    from guide_engine.engine.errors import GuideEngineError
+    from guide_engine.guide.robust import RobustConfig
+
+    if not (run / "manifest.json").exists():
+        return
+    kw = dict(overrides)
+    made, iters = json.loads((run / "config.json").read_text()), kw.pop("iters", ITERS)
+    want = None if name == GUIDE else dataclasses.asdict(RobustConfig(**kw))
+    got = made.get("robust")
+    same = made.get("iters") == iters and (want is None) == (got is None) and \
+        (want is None or all(got.get(k) == v for k, v in want.items() if not (k == "margin" and v is None)))
+    if not same:
+        raise GuideEngineError(f"{run} was made with other settings than variant {name} asks for now; "
+                               "name the variant differently or give another --out")
+
+
 def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts: int, steps: int, loss: str,
           n_preserve: int) -> dict:
     """One (variant, seed): unlearn (unless OUT/runs holds it already), then verify. One thread per process."""
@@ -67,7 +87,7 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     from guide_engine.guide.verify import verify_run
 
     kw = dict(overrides)
-    iters = kw.pop("iters", 400)
+    iters = kw.pop("iters", ITERS)
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not (run / "manifest.json").exists():
         unlearn_job(JobConfig(out=run, sources=(Source(seed=seed),), iters=iters, device=device,
@@ -128,22 +148,32 @@ def table(summary: list[dict]) -> str:
 @click.option("--variant", "variants", multiple=True, default=("base:",), show_default=True,
               help="NAME:key=value,... over RobustConfig's fields and iters; repeat it.")
 @click.option("--no-guide", is_flag=True, help=f"Leave out the `{GUIDE}` runs the ratios are taken against.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--jobs", default=2, show_default=True, help="Processes at a time (one thread each).")
+@click.option("--device", default=None, help="cpu or cuda; default: $GUIDE_ENGINE_DEVICE, else cuda where present.")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(min=1), help="Processes at a time (one thread each).")
 @click.option("--attack", default="8x300", show_default=True, help="The verify attacker: STARTSxSTEPS.")
 @click.option("--attack-loss", type=click.Choice(["identity", "pixel"]), default="identity", show_default=True)
-@click.option("--n-preserve", default=256, show_default=True)
+@click.option("--n-preserve", default=256, show_default=True, type=click.IntRange(min=2))
 @click.option("--out", default="results/robust", show_default=True, type=click.Path(file_okay=False))
 def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserve, out):
     from guide_engine.engine.errors import GuideEngineError
     from guide_engine.engine.images import parse_seeds
+    from guide_engine.engine.sampling import default_device
 
     try:
-        grid = list(dict([parse_variant(v) for v in variants] + ([] if no_guide else [(GUIDE, {})])).items())
+        device = default_device(device)
+        grid = dict(parse_variant(v) for v in variants)
+        if no_guide:
+            grid.pop(GUIDE, None)
+        else:
+            grid.setdefault(GUIDE, {})  # `--variant guide:iters=N` sets its iterations
+        grid = list(grid.items())
         starts, _, steps = attack.partition("x")
         starts, steps = int(starts), int(steps)
+        if starts < 1 or steps < 1:
+            raise ValueError
     except (GuideEngineError, ValueError) as e:
-        raise click.UsageError(str(e) if isinstance(e, GuideEngineError) else f"--attack {attack!r}: STARTSxSTEPS")
+        raise click.UsageError(str(e) if isinstance(e, GuideEngineError) else
+                               f"--attack {attack!r}: STARTSxSTEPS, both at least 1")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     results = root / "results.jsonl"
@@ -151,12 +181,21 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     have = {(r["variant"], r["seed"], r["attack"]) for r in done}
     todo = [(name, kw, s) for s in parse_seeds(seeds) for name, kw in grid if (name, s, tag) not in have]
+    try:
+        for name, kw, s in todo:
+            check_reusable(root / "runs" / f"{name}_s{s}", name, kw)
+    except GuideEngineError as e:
+        raise click.UsageError(str(e))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(trial, str(root), name, kw, s, device, starts, steps, attack_loss, n_preserve)
                    for name, kw, s in todo]
         for f in as_completed(futures):
-            row = f.result()
+            try:
+                row = f.result()
+            except GuideEngineError as e:  # a refusal inside a run (a device that is not there, say): one line
+                pool.shutdown(cancel_futures=True)
+                raise click.ClickException(str(e))
             with results.open("a") as fh:  # a line per finished run: a sweep cut short keeps what it measured
                 fh.write(json.dumps(row) + "\n")
             done.append(row)

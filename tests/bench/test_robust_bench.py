@@ -3,6 +3,7 @@ real unlearning + verify in a spawned process, then re-grades the same generator
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from guide_engine.bench.robust import main, parse_variant, summarise
@@ -39,8 +40,8 @@ def test_summary_applies_every_part_of_the_bar():
 
 def test_tiny_sweep_runs_and_regrades(tmp_path):
     out = tmp_path / "sweep"
-    args = ["--seeds", "900", "--variant", "tiny:pool=2,steps=1,iters=2,preserve=1", "--jobs", "1",
-            "--n-preserve", "4", "--out", str(out)]
+    args = ["--seeds", "900", "--variant", "tiny:pool=2,steps=1,iters=2,preserve=1", "--variant", "guide:iters=2",
+            "--jobs", "1", "--n-preserve", "4", "--out", str(out)]
     r = CliRunner().invoke(main, args + ["--attack", "2x3"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -49,7 +50,8 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     assert loop["guide"] is None and 0 < loop["tiny"] < 2  # the pool's best distance, from the run's history
     config = json.loads((out / "runs" / "tiny_s900" / "config.json").read_text())
     assert config["robust"]["pool"] == 2 and config["robust"]["preserve"] == 1 and config["iters"] == 2
-    assert json.loads((out / "runs" / "guide_s900" / "config.json").read_text())["robust"] is None
+    guide = json.loads((out / "runs" / "guide_s900" / "config.json").read_text())
+    assert guide["robust"] is None and guide["iters"] == 2
     assert "| tiny | 1 |" in r.output and "| guide | 1 |" in r.output
     weights = (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns
     r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attack-loss", "pixel", "--no-guide"])
@@ -60,3 +62,12 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     assert (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns == weights  # re-graded, not re-run
     r = CliRunner().invoke(main, args + ["--variant", "bad:pool=x"])
     assert r.exit_code == 2 and "not a number" in r.output
+    changed = [a.replace("pool=2", "pool=3") for a in args]
+    r = CliRunner().invoke(main, changed + ["--no-guide", "--attack", "2x5"])  # same name, other settings
+    assert r.exit_code == 2 and "made with other settings" in r.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    r = CliRunner().invoke(main, args + ["--attack", "0x5"])
+    assert r.exit_code == 2 and "both at least 1" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(main, args + ["--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA is not available" in r.output
