@@ -157,6 +157,7 @@ def table(summary: list[dict]) -> str:
 def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserve, out):
     from guide_engine.engine.errors import GuideEngineError
     from guide_engine.engine.images import parse_seeds
+    from guide_engine.engine.models import zoo
     from guide_engine.engine.sampling import default_device
 
     try:
@@ -167,6 +168,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
         else:
             grid.setdefault(GUIDE, {})  # `--variant guide:iters=N` sets its iterations
         grid = list(grid.items())
+        seed_list = parse_seeds(seeds)
         starts, _, steps = attack.partition("x")
         starts, steps = int(starts), int(steps)
         if starts < 1 or steps < 1:
@@ -180,7 +182,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
     tag = f"{starts}x{steps} {attack_loss}"
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     have = {(r["variant"], r["seed"], r["attack"]) for r in done}
-    todo = [(name, kw, s) for s in parse_seeds(seeds) for name, kw in grid if (name, s, tag) not in have]
+    todo = [(name, kw, s) for s in seed_list for name, kw in grid if (name, s, tag) not in have]
     try:
         for name, kw, s in todo:
             check_reusable(root / "runs" / f"{name}_s{s}", name, kw)
@@ -193,7 +195,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
         for f in as_completed(futures):
             try:
                 row = f.result()
-            except GuideEngineError as e:  # a refusal inside a run (a device that is not there, say): one line
+            except GuideEngineError as e:  # a run the job or verify refuses: one line, not a traceback
                 pool.shutdown(cancel_futures=True)
                 raise click.ClickException(str(e))
             with results.open("a") as fh:  # a line per finished run: a sweep cut short keeps what it measured
@@ -201,9 +203,9 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
             done.append(row)
             click.echo(f"{row['variant']} seed {row['seed']}: judge at w_u {row['judge_at_wu']:.3f}, attack "
                        f"{row['attack_judge']:.3f} / {row['attack_train']:.3f}, kept {row['kept']:.1%}", err=True)
-    wanted = {(name, s) for name, _ in grid for s in parse_seeds(seeds)}
+    wanted = {(name, s) for name, _ in grid for s in seed_list}
     summary = summarise([r for r in done if r["attack"] == tag and (r["variant"], r["seed"]) in wanted])
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    zoo.write_json(root / "summary.json", summary)
     click.echo(f"attack {tag}; seeds {seeds}\n" + table(summary))
 
 

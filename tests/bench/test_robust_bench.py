@@ -66,6 +66,8 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     r = CliRunner().invoke(main, changed + ["--no-guide", "--attack", "2x5"])  # same name, other settings
     assert r.exit_code == 2 and "made with other settings" in r.output
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    r = CliRunner().invoke(main, [*args[:1], "9-x", *args[2:]])
+    assert r.exit_code == 2 and "Traceback" not in r.output
     r = CliRunner().invoke(main, args + ["--attack", "0x5"])
     assert r.exit_code == 2 and "both at least 1" in r.output
     if not torch.cuda.is_available():
