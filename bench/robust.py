@@ -56,17 +56,24 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, out
 
 
+def settings(name: str, overrides: dict):
+    """A variant's (iterations, RobustConfig or None for GUIDE)."""
+    from guide_engine.guide.robust import RobustConfig
+
+    kw = dict(overrides)
+    iters = kw.pop("iters", ITERS)
+    return iters, None if name == GUIDE else RobustConfig(**kw)
+
+
 def check_reusable(run: Path, name: str, overrides: dict) -> None:
     """A finished run under OUT/runs is re-graded only if it was made with the settings asked for now."""
     from guide_engine.engine.errors import GuideEngineError
-    from guide_engine.guide.robust import RobustConfig
 
     if not (run / "manifest.json").exists():
         return
-    kw = dict(overrides)
-    made, iters = json.loads((run / "config.json").read_text()), kw.pop("iters", ITERS)
-    want = None if name == GUIDE else dataclasses.asdict(RobustConfig(**kw))
-    got = made.get("robust")
+    iters, robust = settings(name, overrides)
+    made = json.loads((run / "config.json").read_text())
+    want, got = None if robust is None else dataclasses.asdict(robust), made.get("robust")
     same = made.get("iters") == iters and (want is None) == (got is None) and \
         (want is None or all(got.get(k) == v for k, v in want.items() if not (k == "margin" and v is None)))
     if not same:
@@ -83,15 +90,13 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     from guide_engine.guide import history
     from guide_engine.guide.attack import AttackConfig
     from guide_engine.guide.job import JobConfig, Source, unlearn_job
-    from guide_engine.guide.robust import RobustConfig
     from guide_engine.guide.verify import verify_run
 
-    kw = dict(overrides)
-    iters = kw.pop("iters", ITERS)
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not (run / "manifest.json").exists():
-        unlearn_job(JobConfig(out=run, sources=(Source(seed=seed),), iters=iters, device=device,
-                              robust=None if name == GUIDE else RobustConfig(**kw)), progress=False)
+        iters, robust = settings(name, overrides)
+        unlearn_job(JobConfig(out=run, sources=(Source(seed=seed),), iters=iters, device=device, robust=robust),
+                    progress=False)
     rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps, loss=loss), n_preserve=n_preserve,
                      device=device)
     manifest = json.loads((run / "manifest.json").read_text())
