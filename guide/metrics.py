@@ -231,9 +231,13 @@ def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
 
 @torch.no_grad()
 def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, cfg, target: str,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, w_u: torch.Tensor | None = None, radius: float | None = None) -> dict:
     """Run the re-inversion attacker (guide/attack.py, training network only) on the unlearned generator
     and, as the reference, on the pretrained one; grade what it finds with both networks against the photo.
+    Where the unlearned generator's best face lies, per network: `{key}_best_pretrained_there` is what the
+    pretrained generator draws at that same latent (about as close: a place where it already drew the
+    person, left as it was; much farther: the unlearning drew the person somewhere new), and, given w_u and
+    the typical radius, `{key}_best_from_w_u` is that latent's distance from w_u in radii.
     => {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images": ...}."""
     from guide_engine.guide.attack import reinvert
 
@@ -250,6 +254,10 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
         fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d_u.min().item())
         fig[f"{key}_robust"] = d_u.min().item() >= j.calib["strangers_dist_p1"]
         best[key] = (int(d_u.argmin()), int(d_s.argmin()))
+        there = lat_u[best[key][0]:best[key][0] + 1]
+        fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref).item()
+        if w_u is not None and radius:
+            fig[f"{key}_best_from_w_u"] = ((there - w_u).norm() / radius).item()
     fig.update({"robust": bool(fig["train_robust"] and fig["judge_robust"]), "starts": cfg.starts,
                 "steps": cfg.steps, "precision": cfg.precision, "loss": cfg.loss, "target": target,
                 "network": train.name})

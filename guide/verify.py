@@ -107,7 +107,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
         if reinversion:
             photo, target = photos[i]
-            found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress)
+            found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
             row["attack"] = found["figures"]
             row.update(found["legacy"])
             attack_images.append(found["images"])
@@ -228,6 +228,9 @@ def summary_rows(report: dict) -> list[tuple]:
         a = report["attack"]
         how = f"{a['starts']} starts x {a['steps']} steps" + (", no identity term" if a.get("loss") == "pixel" else "")
         rows += [(f"attack ({how}): best, unlearned", a["train_best"], a["judge_best"]),
+                 ("  pretrained generator at that latent", a.get("train_best_pretrained_there"),
+                  a.get("judge_best_pretrained_there")),
+                 ("  that latent's distance from w_u (radii)", a.get("train_best_from_w_u"), a.get("judge_best_from_w_u")),
                  ("  same attack on the pretrained generator", a["train_pretrained"], a["judge_pretrained"]),
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),
