@@ -106,6 +106,7 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
             "judge_at_wu": i["judge_id_dist"], "forgotten": i["forgotten"],
             "attack_judge": a["judge_best"], "attack_train": a["train_best"],
             "robust_judge": a["judge_robust"], "robust_train": a["train_robust"],
+            "attack_train_pretrained_there": a["train_best_pretrained_there"],  # a home the loss missed if ~ attack_train
             "kept": p["same_person_frac"], "kept_ok": p["same_person_frac"] >= rep["thresholds"]["min_same_person_frac"],
             "pixel_l1": p["pixel_l1"], "unlearn_s": manifest["timings_s"]["unlearn"],
             "attack_in_loop": statistics.median(in_loop) if in_loop else None}

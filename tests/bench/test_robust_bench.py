@@ -48,6 +48,8 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == {"2x3 identity"}
     loop = {x["variant"]: x["attack_in_loop"] for x in rows}
     assert loop["guide"] is None and 0 < loop["tiny"] < 2  # the pool's best distance, from the run's history
+    # 2 iterations barely move the generator: the pretrained one draws about the same at the attack's best latent
+    assert all(abs(x["attack_train_pretrained_there"] - x["attack_train"]) < 0.05 for x in rows)
     config = json.loads((out / "runs" / "tiny_s900" / "config.json").read_text())
     assert config["robust"]["pool"] == 2 and config["robust"]["preserve"] == 1 and config["iters"] == 2
     guide = json.loads((out / "runs" / "guide_s900" / "config.json").read_text())
