@@ -234,7 +234,8 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
                    progress: bool = False, w_u: torch.Tensor | None = None, radius: float | None = None) -> dict:
     """Run the re-inversion attacker (guide/attack.py, training network only) on the unlearned generator
     and, as the reference, on the pretrained one; grade what it finds with both networks against the photo.
-    Where the unlearned generator's best face lies, per network: `{key}_best_pretrained_there` is what the
+    `{key}_starts_closer_than_p1` counts the starts that found the person (0 when robust). Where the
+    unlearned generator's best face lies, per network: `{key}_best_pretrained_there` is what the
     pretrained generator draws at that same latent (about as close: a place where it already drew the
     person, left as it was; much farther: the unlearning drew the person somewhere new), and, given w_u and
     the typical radius, `{key}_best_from_w_u` is that latent's distance from w_u in radii.
@@ -253,6 +254,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
         fig[f"{key}_best"], fig[f"{key}_pretrained"] = d_u.min().item(), d_s.min().item()
         fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d_u.min().item())
         fig[f"{key}_robust"] = d_u.min().item() >= j.calib["strangers_dist_p1"]
+        fig[f"{key}_starts_closer_than_p1"] = int((d_u < j.calib["strangers_dist_p1"]).sum())  # of cfg.starts
         best[key] = (int(d_u.argmin()), int(d_s.argmin()))
         there = lat_u[best[key][0]:best[key][0] + 1]
         fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref).item()

@@ -234,7 +234,9 @@ def summary_rows(report: dict) -> list[tuple]:
                  ("  same attack on the pretrained generator", a["train_pretrained"], a["judge_pretrained"]),
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),
-                 ("  strangers closer than the attack's face", a["train_strangers_closer_frac"], a["judge_strangers_closer_frac"])]
+                 ("  strangers closer than the attack's face", a["train_strangers_closer_frac"], a["judge_strangers_closer_frac"]),
+                 ("  starts that end closer than p1", a.get("train_starts_closer_than_p1"),
+                  a.get("judge_starts_closer_than_p1"))]
     return rows
 
 

@@ -126,6 +126,8 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
         assert abs(a[f"{key}_best_pretrained_there"] - a[f"{key}_best"]) < 0.05 and a[f"{key}_best_from_w_u"] > 0.5
     assert a["robust"] == (a["judge_best"] >= report["judge"]["strangers"]["p1"]
                            and a["train_best"] >= report["training_network"]["strangers"]["p1"])
+    for key in ("train", "judge"):
+        assert 0 <= a[f"{key}_starts_closer_than_p1"] <= 2 and (a[f"{key}_starts_closer_than_p1"] == 0) == a[f"{key}_robust"]
     assert report["levels"] == {"forgotten": False, "robust": False} and report["required"] == "forgotten"
     assert "reinversion_id_sim" in i  # the old keys stay
     from PIL import Image
