@@ -201,9 +201,10 @@ def verdict_lines(report: dict) -> list[str]:
                          f"{j['strangers']['p1']:.3f} / {t['strangers']['p1']:.3f}"
                          + ("" if report["levels"]["forgotten"] else "; but not forgotten (above)"))
         else:
+            found = a.get(f"{'judge' if worst[1] == 'judge' else 'train'}_starts_closer_than_p1")
             lines.append(f"robust to re-inversion: NO, the attack reaches {worst[2]:.3f} ({worst[1]}), same person "
-                         f"below {worst[3]:.3f}; to the judge its face is closer than "
-                         f"{1 - a['judge_strangers_closer_frac']:.1%} of strangers are")
+                         f"below {worst[3]:.3f}" + ("" if found is None else f" ({found} of {a['starts']} starts get there)")
+                         + f"; to the judge its face is closer than {1 - a['judge_strangers_closer_frac']:.1%} of strangers are")
     else:
         lines.append("robust to re-inversion: not measured (--no-reinversion)")
     return lines

@@ -137,6 +137,11 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
                                   "--attack-steps", "1", "--require", "robust"])
     assert r.exit_code == 1 and "required level: robust" in r.output
     assert "forgotten: NO" in r.output and "robust to re-inversion: " in r.output and "(judge)" in r.output
+    from guide_engine.guide.verify import verdict_lines
+
+    caught = {**report, "attack": {**a, "robust": False, "judge_best": 0.1, "judge_starts_closer_than_p1": 2}}
+    assert "the attack reaches 0.100 (judge), same person below" in "\n".join(verdict_lines(caught))
+    assert "(2 of 2 starts get there)" in "\n".join(verdict_lines(caught))
 
 
 def test_verify_usage_errors(tmp_path, tiny_run):
