@@ -251,10 +251,11 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
     for key, j in (("train", train), ("judge", judge)):
         ref = j.desc(photo)
         d_u, d_s = j.dist(j.desc(x_u), ref), j.dist(j.desc(x_s), ref)
-        fig[f"{key}_best"], fig[f"{key}_pretrained"] = d_u.min().item(), d_s.min().item()
-        fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d_u.min().item())
-        fig[f"{key}_robust"] = d_u.min().item() >= j.calib["strangers_dist_p1"]
-        fig[f"{key}_starts_closer_than_p1"] = int((d_u < j.calib["strangers_dist_p1"]).sum())  # of cfg.starts
+        nearest, p1 = d_u.min().item(), j.calib["strangers_dist_p1"]
+        fig[f"{key}_best"], fig[f"{key}_pretrained"] = nearest, d_s.min().item()
+        fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, nearest)
+        fig[f"{key}_robust"] = nearest >= p1
+        fig[f"{key}_starts_closer_than_p1"] = int((d_u < p1).sum())  # of cfg.starts
         best[key] = (int(d_u.argmin()), int(d_s.argmin()))
         there = lat_u[best[key][0]:best[key][0] + 1]
         fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref).item()

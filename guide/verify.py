@@ -193,15 +193,15 @@ def verdict_lines(report: dict) -> list[str]:
                  f"{p['same_person_frac']:.1%} of random faces kept (need {report['thresholds']['min_same_person_frac']:.0%})")
     if "attack" in report:
         a = report["attack"]
-        worst = min((a["judge_best"] / j["strangers"]["p1"], "judge", a["judge_best"], j["strangers"]["p1"]),
-                    (a["train_best"] / t["strangers"]["p1"], t["name"], a["train_best"], t["strangers"]["p1"]))
+        worst = min((a["judge_best"] / j["strangers"]["p1"], "judge", a["judge_best"], j["strangers"]["p1"], "judge"),
+                    (a["train_best"] / t["strangers"]["p1"], t["name"], a["train_best"], t["strangers"]["p1"], "train"))
         if a["robust"]:
             lines.append(f"robust to re-inversion: {yes(report['levels']['robust'])}, the attack gets no closer than "
                          f"{a['judge_best']:.3f} (judge) / {a['train_best']:.3f} ({t['name']}); same person below "
                          f"{j['strangers']['p1']:.3f} / {t['strangers']['p1']:.3f}"
                          + ("" if report["levels"]["forgotten"] else "; but not forgotten (above)"))
         else:
-            found = a.get(f"{'judge' if worst[1] == 'judge' else 'train'}_starts_closer_than_p1")
+            found = a.get(f"{worst[4]}_starts_closer_than_p1")  # the report's key of that network
             lines.append(f"robust to re-inversion: NO, the attack reaches {worst[2]:.3f} ({worst[1]}), same person "
                          f"below {worst[3]:.3f}" + ("" if found is None else f" ({found} of {a['starts']} starts get there)")
                          + f"; to the judge its face is closer than {1 - a['judge_strangers_closer_frac']:.1%} of strangers are")
