@@ -299,6 +299,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         alpha_max_rel=a_rel, target_search=job.target_search if job.target == "extra" else 0,
                         target_angle=job.target_angle, losses=job.losses, seed=job.run_seed, device=device,
                         checkpoint_every=job.checkpoint_every, reference_loop=job.reference_loop,
+                        fused_adam=not job.reference_loop,  # the reference loop keeps the official optimiser too
                         micro_batch=job.micro_batch, perceptual=perceptual_name, robust=robust,
                         identities_per_iter=job.identities_per_iter, precision=job.precision,
                         push_weight=PUSH_WEIGHT if job.push_past else 0.0, push_margin=push_margin)

@@ -64,6 +64,7 @@ class UnlearnConfig:
     robust: RobustConfig | None = None  # attack-aware unlearning (guide/robust.py); None = GUIDE alone
     precision: str = "fp32"  # of the identity network's convolutions: fp32 or bf16 (engine/precision.py)
     cache_targets: bool = True  # compute the local pairs' constant target side once (TargetCache)
+    fused_adam: bool = True  # Adam's update as one fused kernel over all parameters (the official code: torch's default)
     push_weight: float = 0.0  # > 0: push each unlearned face past push_margin from the person (losses.push_past)
     push_margin: float = 0.0  # absolute, in the training network's distance; resolved by the job
 
@@ -267,7 +268,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     params = list(G_u.trainable_parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam(params, lr=cfg.lr, fused=cfg.fused_adam or None)  # None: torch's default implementation
     trainee = G_u  # what the step calls: G_u itself, or G_u behind DistributedDataParallel
     if distributed.active():
         if cfg.reference_loop or cfg.robust is not None:
