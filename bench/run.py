@@ -97,6 +97,12 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
             r["vs_torch_eager"] = r["images_per_s"] / eager[r["batch"]] if r["batch"] in eager else None
             r["frac_of_peak"] = None if peak is None else r["images_per_s"] * s["flops_per_image"] / peak
             r["frac_of_measured_matmul"] = r["images_per_s"] * s["flops_per_image"] / measured
+    for r in unlearning.get("levers", {}).values():  # bf16 rows against the bf16 bound (only part of them is bf16)
+        bound = peaks.get("bf16") if r["precision"] == "bf16" else peak
+        r["frac_of_peak"] = None if bound is None else r["flop_per_s"] / bound
+        r["frac_of_measured_matmul"] = r["flop_per_s"] / measured
+    if "levers" in unlearning:  # the same rows as the levers' (JSON made them copies)
+        unlearning["batched"], unlearning["reference_loop"] = unlearning["levers"]["default"], unlearning["levers"]["reference_loop_fp32"]
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "versions": {"torch": torch.__version__, "python": platform.python_version(),
@@ -136,15 +142,17 @@ def markdown(res: dict) -> str:
     for b, why in res["skipped"].items():
         lines.append(f"| {b} | - | skipped: {why} | | | | |")
     u = res["unlearning"]
-    lines += ["", "| unlearning loop (one identity) | precision | cached targets | s/iter (median) | min-max | x reference |",
-              "|-|-|-|-|-|-|"]
+    lines += ["", "| unlearning loop (one identity) | precision | cached targets | Adam | s/iter (median) | min-max | x reference "
+              "| GFLOP/iter | % of peak | % of measured matmul |", "|-|-|-|-|-|-|-|-|-|-|"]
     if "error" in u:
-        lines.append(f"| failed | {u['error']} | | | | |")
+        lines.append(f"| failed | {u['error']} | | | | | | | | |")
     else:
         for k, r in u["levers"].items():
-            cached = "-" if r.get("reference_loop") else ("yes" if r.get("cache_targets", True) else "no")
-            lines.append(f"| {k} | {r['precision']} | {cached} | {r['s_per_iter']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
-                         f"{r['speedup_vs_reference']:.2f} |")
+            cached = "-" if r["reference_loop"] else ("yes" if r["cache_targets"] else "no")
+            adam = "fused" if r["fused_adam"] else "torch default"
+            lines.append(f"| {k} | {r['precision']} | {cached} | {adam} | {r['s_per_iter']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
+                         f"{r['speedup_vs_reference']:.2f} | {r['flop_per_iter'] / 1e9:.2f} | {pct(r['frac_of_peak'])} | "
+                         f"{pct(r['frac_of_measured_matmul'])} |")
         lines.append(f"\ndefault loop: {u['speedup_batched']:.2f}x the fp32 reference structure; 1000 iterations take "
                      f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']})")
         if "robust_default" in u["levers"]:

@@ -11,13 +11,29 @@ import sys
 BURN_IN = 3
 # name => UnlearnConfig fields; "default" is what `unlearn` runs
 LEVERS = {
-    "reference_loop_fp32": {"reference_loop": True, "precision": "fp32"},
-    "batched_fp32": {"precision": "fp32", "cache_targets": False},
-    "batched_fp32_cached_targets": {"precision": "fp32", "cache_targets": True},
-    "batched_bf16": {"precision": "bf16", "cache_targets": False},
+    "reference_loop_fp32": {"reference_loop": True, "precision": "fp32", "fused_adam": False},
+    "batched_fp32": {"precision": "fp32", "cache_targets": False, "fused_adam": False},
+    "batched_fp32_cached_targets": {"precision": "fp32", "cache_targets": True, "fused_adam": False},
+    "batched_fp32_fused_adam": {"precision": "fp32", "cache_targets": False, "fused_adam": True},
+    "batched_bf16": {"precision": "bf16", "cache_targets": False, "fused_adam": False},
     "default": {},
     "robust_default": {"robust": "default"},  # RobustConfig(), its margin resolved as `unlearn --robust` does
 }
+
+
+def flop_per_iter(run, cfg) -> float:
+    """FLOPs of one iteration as torch's FLOP counter sees them (convolutions and matmuls, forward and
+    backward): a 2-iteration run minus a 1-iteration one, so what a run computes once is left out."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for n in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            run(dataclasses.replace(cfg, iters=n))
+        counts.append(counter.get_total_flops())
+    return float(counts[1] - counts[0])
 
 
 def measure(iters: int, device: str = "cpu") -> dict:
@@ -43,10 +59,14 @@ def measure(iters: int, device: str = "cpu") -> dict:
         else:
             robust = None
         cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, device=device, **{**fields, "robust": robust})
-        _, history = run_unlearning(G, I, w_u, w_t, cfg, progress=False)
+        run = lambda c: run_unlearning(G, I, w_u, w_t, c, progress=False)  # noqa: E731
+        _, history = run(cfg)
         times = [h["s"] for h in history[BURN_IN:]]
+        flop = flop_per_iter(run, cfg)
         out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times),
-                               **{k: v for k, v in fields.items() if k != "robust"}, "robust": robust is not None}
+                               "flop_per_iter": flop, "flop_per_s": flop / statistics.median(times),
+                               **{k: getattr(cfg, k) for k in ("reference_loop", "precision", "cache_targets", "fused_adam")},
+                               "robust": robust is not None}
     ref = out["levers"]["reference_loop_fp32"]["s_per_iter"]
     for r in out["levers"].values():
         r["speedup_vs_reference"] = ref / r["s_per_iter"]

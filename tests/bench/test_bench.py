@@ -22,11 +22,23 @@ def test_bench_tiny(tmp_path, generator):
     assert res["measured_matmul_flops"] < res["peak_flops"] <= res["peak_flops_bf16"]
     assert "tensorrt" in res["skipped"] or any(s["backend"] == "tensorrt" for s in res["sampling"])
     u = res["unlearning"]
-    assert set(u["levers"]) == {"reference_loop_fp32", "batched_fp32", "batched_fp32_cached_targets", "batched_bf16",
-                                "default", "robust_default"}
+    assert set(u["levers"]) == {"reference_loop_fp32", "batched_fp32", "batched_fp32_cached_targets",
+                                "batched_fp32_fused_adam", "batched_bf16", "default", "robust_default"}
+    assert u["levers"]["default"]["fused_adam"] and not u["levers"]["reference_loop_fp32"]["fused_adam"]
     assert u["levers"]["robust_default"]["robust"] and not u["levers"]["default"]["robust"]
     assert "--robust:" in (out / "bench.md").read_text()
     assert all(r["s_per_iter"] > 0 for r in u["levers"].values()) and u["batched"] == u["levers"]["default"]
+    assert all(0 < r["frac_of_peak"] < 1 for r in u["levers"].values())  # a bound
+    flop = {k: r["flop_per_iter"] for k, r in u["levers"].items()}
+    # the same mathematics whatever the loop's structure; the cached target side saves what it says:
+    # the local pair's target image and the identity network's forward pass on it
+    assert flop["reference_loop_fp32"] == flop["batched_fp32"] == flop["batched_fp32_fused_adam"] > 0
+    from guide_engine.engine.models import zoo
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as once, torch.no_grad():
+        zoo.load_identity().features(generator.synthesize(generator.latents_for_seeds([0])))
+    assert flop["batched_fp32"] - flop["batched_fp32_cached_targets"] == once.get_total_flops()
+    assert flop["robust_default"] > flop["default"]
     assert "| torch | 1 |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
