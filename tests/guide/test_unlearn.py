@@ -38,7 +38,6 @@ def test_reproducible_and_resume(generator, identity, tmp_path):
     assert hist[-1]["local"] < hist[0]["local"]
 
 
-
 def test_fused_adam_trains_the_same_weights_as_torch_default_adam(generator, identity):
     """The speed lever changes only how Adam's update is rounded. Adam turns rounding in near-zero gradients
     into whole steps of lr, so runs drift apart from any rounding change; after 6 iterations fused vs
@@ -54,6 +53,7 @@ def test_fused_adam_trains_the_same_weights_as_torch_default_adam(generator, ide
     assert h_fused[-1]["total"] == pytest.approx(h_plain[-1]["total"], rel=1e-3)
 
 
+@pytest.mark.parametrize("n_identities", [1, 3])
 def test_batched_equals_reference_loop_and_micro_batches(generator, identity, n_identities):
     """One batched generator call per side computes the same losses and gradients as the official
     one-call-per-latent structure, and as micro-batches of 2 with their gradients accumulated; with one
