@@ -154,7 +154,9 @@ def markdown(res: dict) -> str:
                          f"{r['speedup_vs_reference']:.2f} | {r['flop_per_iter'] / 1e9:.2f} | {pct(r['frac_of_peak'])} | "
                          f"{pct(r['frac_of_measured_matmul'])} |")
         lines.append(f"\ndefault loop: {u['speedup_batched']:.2f}x the fp32 reference structure; 1000 iterations take "
-                     f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']})")
+                     f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']}); "
+                     f"{u['batched']['flop_per_iter'] / 1e9:.2f} GFLOP per iteration at {u['batched']['flop_per_s'] / 1e9:.1f} "
+                     f"GFLOP/s, {pct(u['batched']['frac_of_measured_matmul'])}% of the measured matmul")
         if "robust_default" in u["levers"]:
             lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "
                          f"the default loop per iteration")

@@ -1,6 +1,7 @@
 """Seconds per unlearning iteration on one identity, in one process: the official one-call-per-latent
 structure in fp32, then each speed lever on its own and all together (the engine's default), and the
-default with `--robust` (its attacker's inversion steps and hinge on top).
+default with `--robust` (its attacker's inversion steps and hinge on top); with each, the FLOPs of one
+iteration, so a bench can say how close the loop runs to what the machine can do.
 `python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
 from __future__ import annotations
 

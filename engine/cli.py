@@ -160,7 +160,8 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
               help="Also push each unlearned face past a margin from the person under the training network, beyond "
                    "its target (README: many identities).")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None,
-              help="Networks' passes in bf16 autocast or fp32 (weights, Adam and losses stay fp32) [see README].")
+              help="The identity network's passes in bf16 autocast or fp32 (the generator, weights, Adam and losses "
+                   "stay fp32) [see README].")
 @quiet_option
 def unlearn(seed, seeds, images, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
             target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
