@@ -3,8 +3,8 @@
 bf16 runs the identity network's convolutions in bfloat16 (AVX512-BF16 on this CPU, tensor cores on a
 GPU); the generator, master weights, Adam's state and every loss reduction stay float32 (bf16 in the
 generator too took the gradient's cosine to fp32's from 0.99 to 0.98): callers take `.float()` of network
-outputs before computing a loss. Decided once at the edge (the CLI),
-recorded in config.json and report.json.
+outputs before computing a loss. Decided once at the edge (the CLI), recorded in config.json and
+report.json.
 """
 from __future__ import annotations
 
