@@ -2,6 +2,7 @@
 import json
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from click.testing import CliRunner
 
@@ -9,7 +10,7 @@ from guide_engine.bench.sampling import dcgan_flops
 from guide_engine.engine.cli import main
 
 
-def test_bench_tiny(tmp_path, generator):
+def test_bench_tiny(tmp_path, generator, identity):
     out = tmp_path / "b"
     r = CliRunner().invoke(main, ["bench", "--quick", "--backends", "torch,onnxruntime,tensorrt", "--batch", "1,2",
                                   "--unlearn-iters", "1", "--out", str(out)])
@@ -33,10 +34,8 @@ def test_bench_tiny(tmp_path, generator):
     # the same mathematics whatever the loop's structure; the cached target side saves what it says:
     # the local pair's target image and the identity network's forward pass on it
     assert flop["reference_loop_fp32"] == flop["batched_fp32"] == flop["batched_fp32_fused_adam"] > 0
-    from guide_engine.engine.models import zoo
-    from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as once, torch.no_grad():
-        zoo.load_identity().features(generator.synthesize(generator.latents_for_seeds([0])))
+        identity.features(generator.synthesize(generator.latents_for_seeds([0])))
     assert flop["batched_fp32"] - flop["batched_fp32_cached_targets"] == once.get_total_flops()
     assert flop["robust_default"] > flop["default"]
     assert "| torch | 1 |" in (out / "bench.md").read_text()
