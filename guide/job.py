@@ -37,7 +37,7 @@ from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.robust import RobustConfig
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
                                        search_ufo_target, typical_radius, ufo_target)
-from guide_engine.guide.unlearn import ALL_LOSSES, UnlearnConfig, run_unlearning
+from guide_engine.guide.unlearn import ALL_LOSSES, UnlearnConfig, pretrained_photos, run_unlearning
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
 ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as a ratio
@@ -280,9 +280,9 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     shape = G_s.latent_shape
     w_u, w_t = ledger.latents(book, shape).to(device), ledger.latents(book, shape, "w_t").to(device)
     n_before = len(book["identities"]) - len(new)
-    with torch.no_grad():  # what the robust mode's attacker holds: the photo, or what G_s drew at w_u
-        photos = [G_s.synthesize(w_u[i:i + 1]) if i < n_before or photos[i - n_before] is None else photos[i - n_before]
-                  for i in range(len(w_u))]
+    # what the robust mode's attacker holds: the photo, or what G_s drew at w_u
+    photos = [pretrained_photos(G_s, w_u[i:i + 1], job.run_seed) if i < n_before or photos[i - n_before] is None
+              else photos[i - n_before] for i in range(len(w_u))]
     robust, push_margin = job.robust, 0.0
     resolve_robust = robust is not None and robust.margin is None
     if resolve_robust or job.push_past:  # margins from the strangers' distances under the training network

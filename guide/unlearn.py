@@ -237,6 +237,24 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
     return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch, cfg)
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """The global RNG seeded for a block, and restored after it. Generators that draw random numbers inside
+    (EG3D's stratified ray samples) draw them from the global RNG: seeded, they draw the same ones in every
+    run and after a resume."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def pretrained_photos(G_s, w_u: torch.Tensor, seed: int) -> torch.Tensor:
+    """(N, *S) => (N, 3, H, W) what G_s draws at each w_u, the same in every run with this seed: what the robust
+    mode's attackers invert for identities given as seeds."""
+    with seeded_rng(seed * 1_000_003 - 1, w_u.device):
+        return G_s.synthesize(w_u)
+
+
 def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -> None:
     from guide_engine.engine.models.zoo import atomic_write
 
@@ -278,8 +296,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     attackers: list[Attacker] = []  # one pool per identity (robust mode)
     if cfg.robust is not None:
         if photo is None:
-            with torch.no_grad():
-                photo = G_s.synthesize(w_u)
+            photo = pretrained_photos(G_s, w_u, cfg.seed)
         attackers = [Attacker(G_s, identity_net, photo[i:i + 1].to(w_u.device), cfg.robust, cfg.seed + ATTACKER_SEED * i)
                      for i in range(len(w_u))]
     start = 0
@@ -314,8 +331,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         opt.zero_grad(set_to_none=True)
         # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
-        with torch.random.fork_rng(devices=[w_u.device] if w_u.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed * 1_000_003 + it)
+        with seeded_rng(cfg.seed * 1_000_003 + it, w_u.device):
             drawn = [attackers[i] for i in batch.ids.tolist()] if attackers else []
             for a in drawn:
                 a.advance(G_u, it)  # the attackers move first, against the current G_u

@@ -190,12 +190,11 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     assert r.exit_code == 2 and "--trust-pickle" in r.output
 
 
-def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
-    """A state dict with the official model_ir_se50.pth key names and shapes (random values)."""
-    from guide_engine.engine.models import zoo
+def _random_ir_se50_state() -> dict:
+    """IR-SE50's state dict with random values at sane scales (unit-ish activations through 24 residual units)."""
     from guide_engine.engine.models.arcface import IRSE50
 
-    def rand(k, v):  # random values at sane scales (unit-ish activations through 24 residual units)
+    def rand(k, v):
         if not v.dtype.is_floating_point:
             return v
         if v.dim() > 1:
@@ -204,7 +203,14 @@ def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
             return 1 + 0.1 * torch.rand_like(v)
         return 0.1 * torch.randn_like(v)
 
-    state = {k: rand(k, v) for k, v in IRSE50().state_dict().items()}
+    return {k: rand(k, v) for k, v in IRSE50().state_dict().items()}
+
+
+def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
+    """A state dict with the official model_ir_se50.pth key names and shapes (random values)."""
+    from guide_engine.engine.models import zoo
+
+    state = _random_ir_se50_state()
     # facts of the official file (InsightFace_Pytorch / pSp / GUIDE's arcface.py layout), independent of our module
     assert len(state) == 397
     assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 43_797_696
@@ -228,6 +234,53 @@ def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
     for f, msg in (("missing.pth", "no such file"), ("bad.pth", "not a readable"), ("other.pth", "not IR-SE50")):
         with pytest.raises(GuideEngineError, match=msg):
             zoo.load_identity(f"arcface-ir-se50:{tmp_path / f}")
+
+
+def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_path):
+    """With ArcFace training, the robust mode's attacker inverts with ArcFace too: the attack distance the loop
+    records at iteration 0 is that of an attacker built on ArcFace alone (advanced once through the
+    pretrained generator, as the loop does before its first step), in ArcFace's distance."""
+    from guide_engine.engine.models import zoo
+    from guide_engine.guide.robust import Attacker, RobustConfig
+    from guide_engine.guide.target import ufo_target
+    from guide_engine.guide.unlearn import ATTACKER_SEED, UnlearnConfig, run_unlearning
+
+    torch.save(_random_ir_se50_state(), tmp_path / "model_ir_se50.pth")
+    arcface = zoo.load_identity(f"arcface-ir-se50:{tmp_path / 'model_ir_se50.pth'}")
+    w_u = generator.latents_for_seeds([5])
+    w_t = ufo_target(w_u, generator.average_latent(), 10.0)
+    robust = RobustConfig(pool=2, steps=1, margin=0.5, preserve=0)
+    cfg = UnlearnConfig(iters=1, alpha_max=5.0, n_adj=1, n_glob=1, seed=3, robust=robust)
+    _, history = run_unlearning(generator, arcface, w_u, w_t, cfg, progress=False)
+    with torch.no_grad():
+        photo = generator.synthesize(w_u)
+    alone = Attacker(generator, arcface, photo, robust, cfg.seed + ATTACKER_SEED * 0)
+    alone.advance(generator, 0)
+    assert history[0]["attack_dist"] == pytest.approx(alone.loss(generator, generator, 0)["attack_dist"].item(), rel=1e-4)
+
+
+def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity):
+    """The attacker renders through EG3D's random ray samples inside the loop's per-iteration seeding: two robust
+    runs repeat bit for bit, and differ from GUIDE alone."""
+    import dataclasses
+
+    from guide_engine.guide.robust import RobustConfig
+    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+
+    code, pkls = nvlabs_code
+    G = _load(pkls["eg3d"], code)
+    w = G.latents_for_seeds([0, 1])
+    cfg = UnlearnConfig(iters=2, alpha_max=0.5, robust=RobustConfig(pool=2, steps=1, margin=0.6, preserve=1))
+    runs = []
+    for i in range(2):
+        torch.manual_seed(i)  # a different global state before each run: must not matter
+        G_u, history = run_unlearning(G, identity, w[:1], w[1:], cfg, progress=False)
+        runs.append((G_u.state_dict(), history))
+    assert runs[0][1][-1]["total"] == runs[1][1][-1]["total"] and "attack_dist" in runs[0][1][0]
+    for k in runs[0][0]:
+        assert torch.equal(runs[0][0][k], runs[1][0][k]), k
+    plain, _ = run_unlearning(G, identity, w[:1], w[1:], dataclasses.replace(cfg, robust=None), progress=False)
+    assert any(not torch.equal(v, plain.state_dict()[k]) for k, v in runs[0][0].items())
 
 
 def _has_lpips() -> bool:
