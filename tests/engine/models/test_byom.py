@@ -259,9 +259,9 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
     assert history[0]["attack_dist"] == pytest.approx(alone.loss(generator, generator, 0)["attack_dist"].item(), rel=1e-4)
 
 
-def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity):
+def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity, tmp_path):
     """The attacker renders through EG3D's random ray samples inside the loop's per-iteration seeding: two robust
-    runs repeat bit for bit, and differ from GUIDE alone."""
+    runs and a resumed one repeat bit for bit, and differ from GUIDE alone."""
     import dataclasses
 
     from guide_engine.guide.robust import RobustConfig
@@ -276,9 +276,13 @@ def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity)
         torch.manual_seed(i)  # a different global state before each run: must not matter
         G_u, history = run_unlearning(G, identity, w[:1], w[1:], cfg, progress=False)
         runs.append((G_u.state_dict(), history))
+    ck = tmp_path / "ck.pt"
+    run_unlearning(G, identity, w[:1], w[1:], cfg, checkpoint=ck, progress=False, stop_after=1)
+    torch.manual_seed(2)
+    resumed = run_unlearning(G, identity, w[:1], w[1:], cfg, checkpoint=ck, resume=True, progress=False)[0].state_dict()
     assert runs[0][1][-1]["total"] == runs[1][1][-1]["total"] and "attack_dist" in runs[0][1][0]
     for k in runs[0][0]:
-        assert torch.equal(runs[0][0][k], runs[1][0][k]), k
+        assert torch.equal(runs[0][0][k], runs[1][0][k]) and torch.equal(runs[0][0][k], resumed[k]), k
     plain, _ = run_unlearning(G, identity, w[:1], w[1:], dataclasses.replace(cfg, robust=None), progress=False)
     assert any(not torch.equal(v, plain.state_dict()[k]) for k, v in runs[0][0].items())
 
