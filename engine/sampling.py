@@ -1,6 +1,7 @@
 """Sampling: a generator source (model name, unlearn run directory, export directory) => images."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,17 @@ def default_device(device: str | None = None) -> str:
             raise GuideEngineError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | str):
+    """The global RNG seeded for a block, and restored after it. Generators that draw random numbers inside
+    (EG3D's stratified ray samples) draw them from the global RNG: seeded, they draw the same ones in every
+    run and after a resume."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def read_json(path: Path) -> dict:

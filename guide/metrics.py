@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from guide_engine.engine.models import zoo
-from guide_engine.engine.sampling import in_batches, synthesis_batch
+from guide_engine.engine.sampling import in_batches, seeded_rng, synthesis_batch
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
@@ -45,8 +45,9 @@ def calibrate(generator, net, base_sha: str) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)
-    d = _descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
-                                     desc=f"calibrating {net.name} (once)")).cpu()
+    with seeded_rng(CALIB_SEEDS[0], w.device):  # EG3D's ray samples: the same calibration on every machine
+        d = _descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
+                                         desc=f"calibrating {net.name} (once)")).cpu()
     half = len(d) // 2
     a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
     dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)

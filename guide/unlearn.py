@@ -24,6 +24,7 @@ import torch
 
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.progress import bar
+from guide_engine.engine.sampling import seeded_rng
 from guide_engine.engine.precision import check as check_precision
 from guide_engine.guide import distributed
 from guide_engine.guide.history import History
@@ -235,16 +236,6 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
         per.append(pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual))
     terms = Terms(*(torch.cat([getattr(t, f.name) for t in per]) for f in dataclasses.fields(Terms)))
     return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch, cfg)
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int, device: torch.device):
-    """The global RNG seeded for a block, and restored after it. Generators that draw random numbers inside
-    (EG3D's stratified ray samples) draw them from the global RNG: seeded, they draw the same ones in every
-    run and after a resume."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 @torch.no_grad()

@@ -18,13 +18,14 @@ import torch
 from guide_engine.engine import __version__, integrity
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import zoo
-from guide_engine.engine.sampling import load_generator_source, read_json
+from guide_engine.engine.sampling import load_generator_source, read_json, seeded_rng
 from guide_engine.guide import ledger, metrics
 from guide_engine.guide.attack import AttackConfig
 from guide_engine.guide.job import state_sha256
 from guide_engine.guide.target import typical_radius
 
 LEVELS = ("forgotten", "robust")
+VERIFY_SEED = 20_240_617  # the global RNG while verify measures (EG3D's ray samples)
 
 
 def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...]) -> list[tuple[torch.Tensor, str]]:
@@ -93,50 +94,53 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     ledger.check_base(book, base_name, base_sha, run)
     train = metrics.Judged(train_net, metrics.calibrate(G_s, train_net, base_sha))
     jdg = metrics.Judged(judge_net, metrics.calibrate(G_s, judge_net, base_sha))
-    w_u = ledger.latents(book, G_s.latent_shape).to(device)
-    photos = attack_photos(book, G_s, w_u, images) if reinversion else None
-    if reinversion:
-        for p in (*G_s.parameters(), *G_u.parameters()):
-            p.requires_grad_(False)
-    views = G_s.eval_views() if backend == "torch" and hasattr(G_s, "eval_views") else None
-    r = typical_radius(G_s)
-    rows, pictures, attack_images = [], [], []
-    for i, entry in enumerate(book["identities"]):
-        row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
-                                             infer_view=G_u.synthesize if views else None)
-        row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
+    # EG3D renders with random ray samples from the global RNG: seeded here, after everything is loaded and
+    # calibrated, one artifact gets the same figures in every verify (the DCGAN draws nothing at random)
+    with seeded_rng(VERIFY_SEED, device):
+        w_u = ledger.latents(book, G_s.latent_shape).to(device)
+        photos = attack_photos(book, G_s, w_u, images) if reinversion else None
         if reinversion:
-            photo, target = photos[i]
-            found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
-            row["attack"] = found["figures"]
-            row.update(found["legacy"])
-            attack_images.append(found["images"])
-        rows.append(row)
-        pictures.append({key: x.cpu() for key, x in pics.items()})
-    preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
-    random_faces = {key: x.cpu() for key, x in random_faces.items()}
-    k = metrics.worst(rows, jdg, train)
-    report = {"identity_network": train.name,
-              "calibration": {k_: v for k_, v in train.calib.items() if k_ not in ("mean_embedding", "quantiles")},
-              "training_network": metrics.network_info(train), "judge": metrics.network_info(jdg),
-              "identity": {key: v for key, v in rows[k].items() if key != "attack"},
-              "identities": rows, "n_identities": len(rows), "worst_identity": k,
-              "preservation": preservation, "thresholds": metrics.thresholds(train, jdg),
-              "levels": metrics.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
-    if reinversion:
-        report["attack"] = rows[k]["attack"]
-    report["passed"] = bool(report["levels"][require])
-    report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],
-                        "ledger_sha256": verified["ledger_sha256"], "base_sha256": base_sha,
-                        "networks": {"train": {"name": train.name, "sha256": zoo.weights_sha256(train.name)},
-                                     "judge": {"name": jdg.name, "sha256": zoo.weights_sha256(jdg.name)}},
-                        "engine_version": __version__}
-    targets = [ledger.latents(book, G_s.latent_shape, "w_t")] + \
-        [ledger.latents(ledger.read(Path(c)), G_s.latent_shape, "w_t") for c in compare]
-    n_targets = sum(len(x) for x in targets)
-    if n_targets > 1:  # several identities: do their targets collapse onto one face (UFO collapse)?
-        report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
-                            "n_identities": n_targets, "network": judge_net.name}
+            for p in (*G_s.parameters(), *G_u.parameters()):
+                p.requires_grad_(False)
+        views = G_s.eval_views() if backend == "torch" and hasattr(G_s, "eval_views") else None
+        r = typical_radius(G_s)
+        rows, pictures, attack_images = [], [], []
+        for i, entry in enumerate(book["identities"]):
+            row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
+                                                 infer_view=G_u.synthesize if views else None)
+            row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
+            if reinversion:
+                photo, target = photos[i]
+                found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
+                row["attack"] = found["figures"]
+                row.update(found["legacy"])
+                attack_images.append(found["images"])
+            rows.append(row)
+            pictures.append({key: x.cpu() for key, x in pics.items()})
+        preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
+        random_faces = {key: x.cpu() for key, x in random_faces.items()}
+        k = metrics.worst(rows, jdg, train)
+        report = {"identity_network": train.name,
+                  "calibration": {k_: v for k_, v in train.calib.items() if k_ not in ("mean_embedding", "quantiles")},
+                  "training_network": metrics.network_info(train), "judge": metrics.network_info(jdg),
+                  "identity": {key: v for key, v in rows[k].items() if key != "attack"},
+                  "identities": rows, "n_identities": len(rows), "worst_identity": k,
+                  "preservation": preservation, "thresholds": metrics.thresholds(train, jdg),
+                  "levels": metrics.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
+        if reinversion:
+            report["attack"] = rows[k]["attack"]
+        report["passed"] = bool(report["levels"][require])
+        report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],
+                            "ledger_sha256": verified["ledger_sha256"], "base_sha256": base_sha,
+                            "networks": {"train": {"name": train.name, "sha256": zoo.weights_sha256(train.name)},
+                                         "judge": {"name": jdg.name, "sha256": zoo.weights_sha256(jdg.name)}},
+                            "engine_version": __version__}
+        targets = [ledger.latents(book, G_s.latent_shape, "w_t")] + \
+            [ledger.latents(ledger.read(Path(c)), G_s.latent_shape, "w_t") for c in compare]
+        n_targets = sum(len(x) for x in targets)
+        if n_targets > 1:  # several identities: do their targets collapse onto one face (UFO collapse)?
+            report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
+                                "n_identities": n_targets, "network": judge_net.name}
     report = integrity.sign(report)  # with GUIDE_ENGINE_SIGNING_KEY set: an HMAC the operator can check
     zoo.write_json(run / "report.json", report)
     save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None, run / "report.png")
