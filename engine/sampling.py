@@ -130,7 +130,11 @@ def image_source(source: str, backend: str = "auto", device: str | None = None):
     if backend == "torch":
         generator = load_generator_source(source, device)
         check_report_beside(Path(source), getattr(generator, "verified", None))
-        return (lambda seeds: generator.synthesize(generator.latents_for_seeds(seeds)).cpu()), SAMPLE_BATCH
+
+        def render(seeds) -> torch.Tensor:
+            with seeded_rng(int(seeds[0]), generator.average_latent().device):  # EG3D's ray samples: same images
+                return generator.synthesize(generator.latents_for_seeds(seeds)).cpu()
+        return render, SAMPLE_BATCH
     from guide_engine.engine.backends import open_runner
 
     runner = open_runner(Path(source), backend)
