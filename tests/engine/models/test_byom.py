@@ -200,6 +200,7 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     assert report["preservation"]["n"] == 16 and 0 <= report["preservation"]["same_person_frac"] <= 1
     assert report["identity"]["id_views"] == 11  # EG3D: the identity is judged over 11 yaw views
     r = CliRunner().invoke(main, ["verify", str(run), *access, "--no-reinversion", "--n-preserve", "16", "--json"])
+    assert r.exit_code in (0, 1), r.output
     again = json.loads((run / "report.json").read_text())  # EG3D's random ray samples: seeded, the same figures
     assert (again["identities"], again["preservation"]) == (report["identities"], report["preservation"])
     r = CliRunner().invoke(main, ["verify", str(run), "--no-reinversion"])  # without trust: refused, one line
