@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,25 @@ def _descriptors(net, images: torch.Tensor) -> torch.Tensor:
     return in_batches(net.descriptors, images)
 
 
+def calibration_path(generator, net, base_sha: str) -> Path:
+    """Where the calibration of (base generator, network) is cached: keyed by the base generator's state hash and,
+    for a network given as a file, by the file's SHA-256 (weights replaced at the same path are calibrated
+    again). A model given by path is named by its file name only, so copies of it in other folders (the test
+    suite's temporary ones) share one entry."""
+    def short(name: str) -> str:  # "nvlabs:/a/b/eg3d.pkl" => "nvlabs:eg3d.pkl"
+        kind, _, path = name.partition(":")
+        return f"{kind}:{Path(path).name}" if path else Path(name).name
+    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{short(generator.name)}__{short(net.name)}")[-120:]
+    key = base_sha[:16]
+    if net.name not in zoo.REGISTRY and (sha := zoo.weights_sha256(net.name)):
+        key += f"_{sha[:16]}"
+    return zoo.cache_home() / "calibration" / f"{names}__{key}__v{CALIB_VERSION}.json"
+
+
 @torch.no_grad()
 def calibrate(generator, net, base_sha: str) -> dict:
     """Strangers' distance distribution in the network's own distance, cached in $GUIDE_ENGINE_HOME/calibration/."""
-    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{generator.name}__{net.name}")[-120:]  # names may be paths
-    path = zoo.cache_home() / "calibration" / f"{names}__{base_sha[:16]}__v{CALIB_VERSION}.json"
+    path = calibration_path(generator, net, base_sha)
     if path.is_file():
         return json.loads(path.read_text())
     w = generator.latents_for_seeds(CALIB_SEEDS)

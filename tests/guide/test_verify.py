@@ -52,6 +52,23 @@ def test_calibration_uses_the_networks_own_distance(generator, identity, tmp_pat
     assert c["strangers_dist_median"] < 0.3 and c["strangers_frac_under_network_threshold"] is None
 
 
+def test_calibration_cache_is_keyed_by_content_not_folder(tmp_path, monkeypatch):
+    """A network given as a file is recalibrated when the file's bytes change, whatever its folder; a model's
+    folder (the test suite's temporary ones) does not enter the name, and registry models keep theirs."""
+    from types import SimpleNamespace as Named
+
+    monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path / "home"))
+    for folder, content in (("a", b"weights one"), ("b", b"weights one"), ("c", b"weights two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model_ir_se50.pth").write_bytes(content)
+    paths = [metrics.calibration_path(Named(name=f"nvlabs:{tmp_path / folder / 'eg3d.pkl'}"),
+                                      Named(name=f"arcface-ir-se50:{tmp_path / folder / 'model_ir_se50.pth'}"), "f" * 64)
+             for folder in "abc"]
+    assert paths[0] == paths[1] != paths[2] and str(tmp_path) not in paths[0].name
+    assert metrics.calibration_path(Named(name="digiface-dcgan64"), Named(name="dlib-resnet-v1"), "93d0160c87fb4106" + "0" * 48).name \
+        == f"digiface-dcgan64__dlib-resnet-v1__93d0160c87fb4106__v{metrics.CALIB_VERSION}.json"  # as every cache has it
+
+
 def _grade(generator, infer, nets, w_u):
     row, _ = metrics.identity_figures(generator, infer, *nets, w_u, 10.0)
     kept, _ = metrics.preservation_figures(generator, infer, *nets, n_preserve=32)
