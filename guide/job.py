@@ -280,9 +280,10 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
     shape = G_s.latent_shape
     w_u, w_t = ledger.latents(book, shape).to(device), ledger.latents(book, shape, "w_t").to(device)
     n_before = len(book["identities"]) - len(new)
-    # what the robust mode's attacker holds: the photo, or what G_s drew at w_u
-    photos = [pretrained_photos(G_s, w_u[i:i + 1], job.run_seed) if i < n_before or photos[i - n_before] is None
-              else photos[i - n_before] for i in range(len(w_u))]
+    attacked = None  # what the robust mode's attackers hold, rendered only for them
+    if job.robust is not None:  # per identity: its photo, or what G_s drew at w_u
+        attacked = torch.cat([p if p is not None else pretrained_photos(G_s, w_u[i:i + 1], job.run_seed)
+                              for i, p in enumerate([None] * n_before + photos)])
     robust, push_margin = job.robust, 0.0
     resolve_robust = robust is not None and robust.margin is None
     if resolve_robust or job.push_past:  # margins from the strangers' distances under the training network
@@ -315,7 +316,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         torch.cuda.reset_peak_memory_stats(device)
     G_u, history = run_unlearning(G_s, id_net, w_u, w_t, cfg, checkpoint=partial / "checkpoint.pt", resume=job.resume,
                                   progress=progress, stop_after=stop_after, perceptual=perceptual,
-                                  photo=torch.cat(photos), init=init, history_csv=partial / "history.csv")
+                                  photo=attacked, init=init, history_csv=partial / "history.csv")
     t_unlearn = time.perf_counter() - t1
     if (stop_after is not None and stop_after < iters) or not distributed.is_writer():
         return partial  # interrupted on purpose (tests): resumable; or a rank that does not write
