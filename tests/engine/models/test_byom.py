@@ -260,7 +260,7 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
     from guide_engine.engine.models import zoo
     from guide_engine.guide.robust import Attacker, RobustConfig
     from guide_engine.guide.target import ufo_target
-    from guide_engine.guide.unlearn import ATTACKER_SEED, UnlearnConfig, run_unlearning
+    from guide_engine.guide.unlearn import ATTACKER_SEED, UnlearnConfig, pretrained_photos, run_unlearning
 
     torch.save(_random_ir_se50_state(), tmp_path / "model_ir_se50.pth")
     arcface = zoo.load_identity(f"arcface-ir-se50:{tmp_path / 'model_ir_se50.pth'}")
@@ -269,9 +269,7 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
     robust = RobustConfig(pool=2, steps=1, margin=0.5, preserve=0)
     cfg = UnlearnConfig(iters=1, alpha_max=5.0, n_adj=1, n_glob=1, seed=3, robust=robust)
     _, history = run_unlearning(generator, arcface, w_u, w_t, cfg, progress=False)
-    with torch.no_grad():
-        photo = generator.synthesize(w_u)
-    alone = Attacker(generator, arcface, photo, robust, cfg.seed + ATTACKER_SEED * 0)
+    alone = Attacker(generator, arcface, pretrained_photos(generator, w_u, cfg.seed), robust, cfg.seed + ATTACKER_SEED * 0)
     alone.advance(generator, 0)
     assert history[0]["attack_dist"] == pytest.approx(alone.loss(generator, generator, 0)["attack_dist"].item(), rel=1e-4)
 
