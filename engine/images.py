@@ -11,30 +11,19 @@ import torch
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models.zoo import atomic_write
 
-MIN_SIDE = 32
 LINE_H = 12  # pixels per line of PIL's default font
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Any size and mode => (1, 3, size, size) in [-1, 1]: RGB, centre-cropped to square, resized."""
-    from PIL import Image, UnidentifiedImageError
+def load_png(path: str | Path, size: int) -> torch.Tensor:
+    """An image the engine wrote itself (a run's aligned.png) => (1, 3, size, size) in [-1, 1]. A user's photo
+    goes through engine/faces.py instead: found, aligned, converted."""
+    from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise GuideEngineError(f"--image {path}: no such file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise GuideEngineError(f"--image {path}: not a readable image ({type(e).__name__})") from None
-    w, h = im.size
-    if min(w, h) < MIN_SIDE:
-        raise GuideEngineError(f"--image {path}: {w}x{h} is too small; give a face photo of at least {MIN_SIDE}x{MIN_SIDE} px")
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-    arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None]
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            raise GuideEngineError(f"{path}: {im.size[0]}x{im.size[1]}, not the generator's {size}x{size}")
+        arr = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None]
     return arr / 127.5 - 1.0
 
 

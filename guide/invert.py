@@ -60,14 +60,19 @@ def invert(generator, identity_net, image: torch.Tensor, steps: int = 300, lr: f
            progress: bool = True, precision: str = "fp32") -> tuple[torch.Tensor, float]:
     """image (1, 3, H, W) in [-1, 1] at the generator's resolution => (w (1, *S), final pixel MSE)."""
     image = image.to(generator.average_latent().device)
+    w_avg = generator.average_latent()
+    drawn = None
     if start is None:
         net = at_precision(identity_net, precision)
         with torch.no_grad():
             feats_x, desc_x = net.features(image)
-            cands = torch.cat([generator.average_latent(),
-                               generator.sample_latents(n_starts - 1, torch.Generator().manual_seed(seed))])
-            start = cands[inversion_loss(generator, net, cands, image, feats_x, desc_x)[0].argmin()][None]
+            cands = torch.cat([w_avg, generator.sample_latents(n_starts - 1, torch.Generator().manual_seed(seed))])
+            losses = inversion_loss(generator, net, cands, image, feats_x, desc_x)[0]
+            start = cands[losses.argmin()][None]
+            drawn = cands[1:][losses[1:].argmin()][None]  # the best prior draw, should w_avg be a dead end
     w = descend(generator, identity_net, image, start, steps, lr, progress, precision=precision)
+    if drawn is not None and torch.equal(w, w_avg):  # the descent never left w_avg: no gradient there
+        w = descend(generator, identity_net, image, drawn, steps, lr, progress, precision=precision)
     with torch.no_grad():
         err = (generator.synthesize(w) - image).pow(2).mean().item()
     return w, err

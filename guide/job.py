@@ -72,9 +72,18 @@ class Source:
 
     seed: int | None = None
     image: str | None = None
+    face: int | None = None  # which face of the photo (0 = the largest, the default)
 
     def describe(self) -> str:
-        return f"seed {self.seed}" if self.image is None else self.image
+        if self.image is None:
+            return f"seed {self.seed}"
+        return self.image + (f" (face {self.face})" if self.face else "")
+
+    def key(self) -> str:
+        """The ledger's key of this person (guide/ledger.py: source_key)."""
+        if self.image is None:
+            return ledger.source_key(seed=self.seed)
+        return ledger.source_key(photo_sha256=hashlib.sha256(Path(self.image).read_bytes()).hexdigest(), face=self.face)
 
 
 @dataclass(frozen=True)
@@ -123,12 +132,15 @@ class JobConfig:
             raise GuideEngineError(f"--resume: no interrupted run at {partial_dir(self.out)}")
 
 
-def collect_sources(seeds: list[int], images: list[str], images_dir: str | None) -> tuple[tuple[Source, ...], list[str]]:
+def collect_sources(seeds: list[int], images: list[str], images_dir: str | None,
+                    face: int | None = None) -> tuple[tuple[Source, ...], list[str]]:
     """The identities the CLI was given => (sources, each counted once; notes on the duplicates dropped).
     `images_dir`: every file in it is a photo of one person (dotfiles and folders are passed over); a
-    file that is not an image is refused by name, before any work starts."""
-    from PIL import Image, UnidentifiedImageError
+    file that is not an image is refused by name, before any work starts. `face`: which face of each photo."""
+    from guide_engine.engine.faces import read_photo
 
+    if face is not None and face < 0:
+        raise GuideEngineError(f"--face {face}: 0 is the largest face, 1 the next, ...")
     paths = list(images)
     if images_dir is not None:
         folder = Path(images_dir)
@@ -138,18 +150,13 @@ def collect_sources(seeds: list[int], images: list[str], images_dir: str | None)
         if not found:
             raise GuideEngineError(f"--images {folder}: no files in it")
         for f in found:
-            try:
-                with Image.open(f) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError):
-                raise GuideEngineError(f"--images {folder}: {f.name} is not an image") from None
+            read_photo(f, f"--images {folder}:")
         paths += [str(f) for f in found]
     sources, seen, notes = [], {}, []
-    for src in [Source(seed=s) for s in seeds] + [Source(image=p) for p in paths]:
+    for src in [Source(seed=s) for s in seeds] + [Source(image=p, face=face or None) for p in paths]:
         if src.image is not None and not Path(src.image).is_file():
             raise GuideEngineError(f"--image {src.image}: no such file")
-        key = ledger.source_key(seed=src.seed) if src.image is None else \
-            ledger.source_key(photo_sha256=hashlib.sha256(Path(src.image).read_bytes()).hexdigest())
+        key = src.key()
         if key in seen:
             notes.append(f"{src.describe()}: the same identity as {seen[key].describe()}; counted once")
             continue
@@ -190,23 +197,42 @@ def continued_run(run: Path) -> tuple[str, dict, dict, str]:
     return m["generator"], state, ledger.read(run), got
 
 
-def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool,
-                  precision: str = "fp32") -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-    """=> (w_u (1, *S), how it was obtained, the photo (1, 3, H, W) or None for a seed)."""
+def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool, precision: str = "fp32",
+                  calib: dict | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """=> (w_u (1, *S), how it was obtained, the aligned photo (1, 3, H, W) or None for a seed).
+    A photo: its face found and aligned to the generator's crop (engine/faces.py), inverted, and how close the
+    inversion came said (against `calib`, the training network's strangers: guide/metrics.py)."""
     if src.image is None:
         return G_s.latents_for_seeds([src.seed]).to(G_s.average_latent().device), {"source": "seed", "seed": src.seed}, None
-    from guide_engine.engine.images import load_image
+    from guide_engine.engine.faces import describe_faces, load_face
     from guide_engine.guide.invert import invert
 
-    photo = load_image(src.image, G_s.resolution).to(G_s.average_latent().device)
+    aligned = load_face(src.image, G_s, face=src.face)
+    if len(aligned.faces) > 1:
+        note(f"{src.image}: {len(aligned.faces)} faces found, #{aligned.chosen} used (--face K for another): "
+             f"{describe_faces(aligned.faces)}", progress)
+    photo = aligned.image.to(G_s.average_latent().device)
     w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress, precision=precision)
-    return w_u, {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err, "precision": precision,
-                 "photo_sha256": hashlib.sha256(Path(src.image).read_bytes()).hexdigest()}, photo
+    how = {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err, "precision": precision,
+           "photo_sha256": hashlib.sha256(Path(src.image).read_bytes()).hexdigest(), "face": aligned.record(),
+           "detect_align_s": round(sum(aligned.seconds.values()), 4)}
+    if calib is not None:  # can this generator draw this person? (the training network's view; verify asks the judge)
+        with torch.no_grad():
+            d = id_net.distance(id_net.descriptors(G_s.synthesize(w_u)), id_net.descriptors(photo)).item()
+        line = calib["strangers_dist_p1"]
+        how.update(inversion_id_dist=d, same_person_line=line)
+        note(f"{src.describe()}: the inversion came to pixel MSE {rec_err:.4f} and {id_net.name} distance {d:.3f} from "
+             f"the aligned photo (same person below {line:.3f}, the strangers' p1; strangers' median "
+             f"{calib['strangers_dist_median']:.3f})", progress)
+        if d >= line:
+            note(f"warning: {src.describe()}: the generator's closest face is farther from the photo than the "
+                 f"same-person line: it may never have drawn this person; `verify` will say (outcome 'not drawn')", True)
+    return w_u, how, photo
 
 
 def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     job.validate()
-    from guide_engine.engine.images import load_image
+    from guide_engine.engine.faces import load_face, locate_face
 
     if distributed.init_from_env(job.device):  # under torchrun: one device per rank, rank 0 speaks and writes
         if job.device.startswith("cuda"):
@@ -215,9 +241,9 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
             job = dataclasses.replace(job, device=f"cuda:{local}")
         progress = progress and distributed.is_writer()
 
-    for src in job.sources:  # every photo readable before any work starts
+    for src in job.sources:  # every photo readable, with its face found, before any work starts
         if src.image is not None:
-            load_image(src.image, 8)
+            locate_face(src.image, face=src.face)
     out, partial, device = Path(job.out), partial_dir(Path(job.out)), job.device
     continued = Path(job.generator) if Path(job.generator).is_dir() else None
     base_name, init, old, init_sha = continued_run(continued) if continued else (job.generator, None, None, None)
@@ -232,8 +258,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
 
         perceptual = LPIPSVGG(job.lpips_vgg).to(device)
         perceptual_name = f"lpips-vgg (LPIPS v0.1 on VGG16 weights {perceptual.path})"
-    photo_keys = {src: ledger.source_key(photo_sha256=hashlib.sha256(Path(src.image).read_bytes()).hexdigest())
-                  if src.image else ledger.source_key(seed=src.seed) for src in job.sources}
+    photo_keys = {src: src.key() for src in job.sources}
     forgotten_before = {e["key"] for e in (old or {}).get("identities", [])}
     new = [s for s in job.sources if photo_keys[s] not in forgotten_before]
     for s in job.sources:
@@ -253,11 +278,18 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         book = read_json(partial / ledger.LEDGER)
         if [e["key"] for e in book["identities"][len(forgotten_before):]] != [photo_keys[s] for s in new]:
             raise GuideEngineError(f"--resume: {partial} was started for other identities; give the same ones")
-        photos = [load_image(s.image, G_s.resolution).to(device) if s.image else None for s in new]
+        photos = [load_face(s.image, G_s, face=s.face).image.to(device) if s.image else None for s in new]
     else:
         entries, photos = [], []
+        calib = None
+        if any(s.image for s in new):  # the training network's strangers: how close is an inversion?
+            from guide_engine.guide.metrics import calibrate
+
+            calib = calibrate(G_s, id_net, base_sha)
         for i, src in enumerate(new):
-            w_u, how, photo = find_identity(G_s, id_net, src, job.invert_steps, progress, job.precision)
+            w_u, how, photo = find_identity(G_s, id_net, src, job.invert_steps, progress, job.precision, calib)
+            if photo is not None:
+                how["aligned"] = ledger.aligned_name(len(forgotten_before) + i)
             if job.target == "extra":
                 w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, job.target_search, job.target_angle,
                                                 torch.Generator().manual_seed(job.run_seed + i))
@@ -306,6 +338,7 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         push_weight=PUSH_WEIGHT if job.push_past else 0.0, push_margin=push_margin)
     if distributed.is_writer():
         partial.mkdir(parents=True, exist_ok=True)
+        keep_aligned_photos(book, partial, continued, photos, n_before)
         zoo.write_json(partial / ledger.LEDGER, book)
         zoo.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
             "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
@@ -331,7 +364,8 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         "engine_version": __version__, "generator": base_name, "identity_network": job.identity,
         "base_sha256": base_sha, "result_sha256": state_sha256(G_u),
         "identities": [e["identity_hash"] for e in book["identities"]],
-        "files": {name: zoo.sha256_file(partial / name) for name in ("generator.safetensors", ledger.LEDGER)},
+        "files": {name: zoo.sha256_file(partial / name)
+                  for name in ("generator.safetensors", ledger.LEDGER, *aligned_files(book))},
         "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
                       "per_iter": round(t_unlearn / max(1, len(history)), 5)},
@@ -348,6 +382,26 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
         shutil.rmtree(out)
     partial.rename(out)
     return out
+
+
+def aligned_files(book: dict) -> list[str]:
+    """The aligned crops a run keeps, one per photo identity of its ledger."""
+    return [e["latent"]["aligned"] for e in book["identities"] if e.get("latent", {}).get("aligned")]
+
+
+def keep_aligned_photos(book: dict, partial: Path, continued: Path | None, photos: list, n_before: int) -> None:
+    """Write each new photo identity's aligned crop (what inversion saw) into the run, and copy those of the run
+    it continues: `verify` attacks with them when the photo is not given again."""
+    from guide_engine.engine.images import save_png
+
+    for i, e in enumerate(book["identities"]):
+        name = e.get("latent", {}).get("aligned")
+        if not name:
+            continue
+        if i >= n_before:
+            save_png(photos[i - n_before], partial / name)
+        elif continued is not None and (continued / name).is_file():
+            shutil.copyfile(continued / name, partial / name)
 
 
 @torch.no_grad()

@@ -10,11 +10,14 @@ generator no longer draws; `verify` checks each of them, `serve --guard` withhol
      "identities": [{"identity_hash": SHA-256 of w_u's float32 bytes, "key": "seed:3" | "photo:<SHA-256>",
                      "run": the run directory's name, "added": ISO time,
                      "w_u": [...], "w_t": [...], "norm_w_u", "norm_w_t",
-                     "latent": how w_u was obtained (seed, or inversion: steps, reconstruction MSE, photo SHA-256),
+                     "latent": how w_u was obtained (seed, or inversion: steps, reconstruction MSE, photo SHA-256,
+                               the face: box, landmarks, score, which of the faces found, the aligned crop's file),
                      "target_id_dist", "target_search": {...}}, ...]}
 
 What it holds about a person: w_u (what the generator is told to stop drawing, and what it drew there),
-the photo's SHA-256, never the photo. w_u reconstructs what the pretrained generator drew at w_u, no more.
+the photo's SHA-256 and where the face was in it (box, five landmarks), never the photo. w_u reconstructs
+what the pretrained generator drew at w_u, no more. The run directory beside it keeps the aligned crop of each
+photo (aligned.png): the face at the generator's resolution, which `verify` attacks with.
 """
 from __future__ import annotations
 
@@ -34,9 +37,18 @@ def latent_hash(w_u: torch.Tensor) -> str:
     return hashlib.sha256(w_u.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
 
 
-def source_key(seed: int | None = None, photo_sha256: str | None = None) -> str:
-    """What makes two requests the same person: the same seed, or the same photo bytes."""
-    return f"seed:{seed}" if photo_sha256 is None else f"photo:{photo_sha256}"
+def source_key(seed: int | None = None, photo_sha256: str | None = None, face: int | None = None) -> str:
+    """What makes two requests the same person: the same seed, or the same photo bytes and the same face in it
+    (`face`: its index, largest first; the largest, 0, is the default and is not written)."""
+    if photo_sha256 is None:
+        return f"seed:{seed}"
+    return f"photo:{photo_sha256}" + (f"#face{face}" if face else "")
+
+
+def aligned_name(index: int) -> str:
+    """The file a run keeps the aligned crop of its ledger's photo identity `index` in: aligned.png for the first
+    identity, aligned-<index>.png for later ones (a continued run copies its predecessors')."""
+    return "aligned.png" if index == 0 else f"aligned-{index}.png"
 
 
 def read(run: Path) -> dict:

@@ -3,8 +3,10 @@
 Graded by two networks side by side (guide/metrics.py): the training identity network and the judge,
 which no loss and no attacker saw. Every identity of the run's ledger (guide/ledger.py) gets a row: the
 judge at its w_u, its neighbours, and the re-inversion attacker (guide/attack.py) with its photo (the
-photo itself when given with --image, else the pretrained image of w_u) against the unlearned
-generator; preservation is measured once. Verdict levels over all identities: `forgotten` and `robust`;
+photo itself when given with --image, else the aligned crop the run kept, else the pretrained image of w_u)
+against the unlearned generator; whether the pretrained generator drew the photo's person at all (`drawn`,
+under the judge: a person it never drew is "not drawn", and no forgetting is claimed for them);
+preservation is measured once. Verdict levels over all identities: `forgotten` and `robust`;
 `passed` is the level asked for (`require`). `identity` and `attack` repeat the worst identity's row.
 Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage errors => 2.
 """
@@ -28,22 +30,33 @@ LEVELS = ("forgotten", "robust")
 VERIFY_SEED = 20_240_617  # the global RNG while verify measures (EG3D's ray samples)
 
 
-def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...]) -> list[tuple[torch.Tensor, str]]:
-    """What the attacker holds, per ledger identity => [(photo (1, 3, H, W), how it was obtained)]: a photo
-    identity's own photo when given (matched by its SHA-256), otherwise the pretrained image of w_u."""
-    from guide_engine.engine.images import load_image
+def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...],
+                  folders: tuple[Path, ...] = ()) -> list[tuple[torch.Tensor, str]]:
+    """What the attacker holds, per ledger identity => [(photo (1, 3, H, W), how it was obtained)]. A photo
+    identity: its photo when given (matched by its SHA-256; its face found and aligned again as the run did),
+    else the aligned crop the run kept (aligned.png, looked for in `folders`); a seed identity, or a photo run
+    from before aligned crops were kept: the pretrained image of w_u (`how` says which)."""
+    from guide_engine.engine.faces import load_face
 
+    wanted = {e.get("latent", {}).get("photo_sha256") for e in book["identities"]} - {None}
     by_sha = {}
     for image in images:
         sha = hashlib.sha256(Path(image).read_bytes()).hexdigest() if Path(image).is_file() else None
-        if sha is None or ledger.source_key(photo_sha256=sha) not in {e["key"] for e in book["identities"]}:
+        if sha is None or sha not in wanted:
             raise GuideEngineError(f"--image {image}: not a photo this run forgot (its SHA-256 is not in the ledger)")
-        by_sha[sha] = load_image(image, G_s.resolution)
+        by_sha[sha] = image
     out = []
     for i, e in enumerate(book["identities"]):
         how = e.get("latent", {})
         if how.get("photo_sha256") in by_sha:
-            out.append((by_sha[how["photo_sha256"]], "the run's photo"))
+            face = load_face(by_sha[how["photo_sha256"]], G_s, face=(how.get("face") or {}).get("face"))
+            out.append((face.image, "the run's photo"))
+            continue
+        kept = next((f / how["aligned"] for f in folders if how.get("aligned") and (f / how["aligned"]).is_file()), None)
+        if kept is not None:
+            from guide_engine.engine.images import load_png
+
+            out.append((load_png(kept, G_s.resolution), f"the run's aligned photo ({how['aligned']})"))
             continue
         with torch.no_grad():
             photo = G_s.synthesize(w_u[i:i + 1])
@@ -51,6 +64,24 @@ def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...]) -
             else "(seed run)"
         out.append((photo, f"pretrained image of w_u {why}"))
     return out
+
+
+def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tensor, source: str | None, how: str,
+                  attack: dict | None) -> dict:
+    """Did the pretrained generator draw the person in the photo before unlearning? Under the judge (which no
+    loss, target choice or attacker saw): the photo against the pretrained face at w_u and, when the attack ran,
+    the pretrained generator's best attack face; `drawn` when either comes within the strangers' p1. A seed
+    identity's photo is that face, so it is drawn by definition; no photo at all: unknown (None)."""
+    if source == "seed":
+        return {"drawn": True, "drawn_by": "seed"}
+    if how.startswith("pretrained image of w_u"):  # the person's photo is not at hand
+        return {"drawn": None, "drawn_by": how}
+    line = judge.calib["strangers_dist_p1"]
+    at_w_u = judge.dist(judge.desc(x_pre), judge.desc(photo)).item()
+    best = min(at_w_u, attack["judge_pretrained"]) if attack else at_w_u
+    return {"drawn": bool(best < line), "drawn_by": how, "photo_judge_dist_at_w_u": at_w_u,
+            "photo_judge_dist_pretrained_attack": attack["judge_pretrained"] if attack else None,
+            "drawn_line": line}
 
 
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
@@ -86,6 +117,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         raise GuideEngineError(f"{run}: the attack needs the unlearned PyTorch weights, and this export's source "
                                f"run is gone; give --no-reinversion (level robust is then not measured)")
     book = ledger.read(run)
+    folders = (run,) if backend == "torch" else (run, Path(runner.manifest["source"]))  # where aligned.png may be
     G_s = zoo.load_generator(base_name, device=device)
     train_name = read_json(run / "manifest.json").get("identity_network", "dlib-resnet-v1") \
         if (run / "manifest.json").is_file() else "dlib-resnet-v1"
@@ -98,7 +130,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     # calibrated, one artifact gets the same figures in every verify (the DCGAN draws nothing at random)
     with seeded_rng(VERIFY_SEED, device):
         w_u = ledger.latents(book, G_s.latent_shape).to(device)
-        photos = attack_photos(book, G_s, w_u, images) if reinversion else None
+        photos = attack_photos(book, G_s, w_u, images, folders)
         if reinversion:
             for p in (*G_s.parameters(), *G_u.parameters()):
                 p.requires_grad_(False)
@@ -109,12 +141,14 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
             row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
                                                  infer_view=G_u.synthesize if views else None)
             row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
+            photo, target = photos[i]
             if reinversion:
-                photo, target = photos[i]
                 found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
                 row["attack"] = found["figures"]
                 row.update(found["legacy"])
                 attack_images.append(found["images"])
+            row.update(drawn_figures(jdg, photo, pics["x_pre"], entry.get("latent", {}).get("source"), target,
+                                     row.get("attack")))
             rows.append(row)
             pictures.append({key: x.cpu() for key, x in pics.items()})
         preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
@@ -130,6 +164,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         if reinversion:
             report["attack"] = rows[k]["attack"]
         report["passed"] = bool(report["levels"][require])
+        report["outcome"] = outcome(report)
         report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],
                             "ledger_sha256": verified["ledger_sha256"], "base_sha256": base_sha,
                             "networks": {"train": {"name": train.name, "sha256": zoo.weights_sha256(train.name)},
@@ -181,6 +216,30 @@ def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, 
                 grid], path)
 
 
+def outcome(report: dict) -> str:
+    """One phrase for the whole report: "not drawn" (some person's photo was never drawn by the pretrained
+    generator: nothing about forgetting them can be claimed), "robust", "forgotten" or "not forgotten"."""
+    if any(r.get("drawn") is False for r in report["identities"]):
+        return "not drawn"
+    if report["levels"].get("robust"):
+        return "robust"
+    return "forgotten" if report["levels"]["forgotten"] else "not forgotten"
+
+
+def not_drawn_line(report: dict) -> str | None:
+    """The not-drawn verdict in words, or None when every person was drawn (or it could not be told)."""
+    rows = [(k, r) for k, r in enumerate(report["identities"]) if r.get("drawn") is False]
+    if not rows:
+        return None
+    k, r = rows[0]
+    who = "this person" if report.get("n_identities", 1) == 1 else f"{len(rows)} of the people (#{k}: {r.get('key')})"
+    best = min(v for v in (r.get("photo_judge_dist_at_w_u"), r.get("photo_judge_dist_pretrained_attack")) if v is not None)
+    return (f"NOT DRAWN: the pretrained generator did not draw {who} before unlearning: its closest face is "
+            f"{best:.3f} from the photo to the judge (same person below {r['drawn_line']:.3f}). No forgetting is "
+            f"claimed: a generator cannot forget a face it never drew (is the photo of someone else, or the wrong "
+            f"face in it?)")
+
+
 def verdict_lines(report: dict) -> list[str]:
     """The two verdict levels in words, with the thresholds they were decided by."""
     t, j, i, p = report["training_network"], report["judge"], report["identity"], report["preservation"]
@@ -189,6 +248,8 @@ def verdict_lines(report: dict) -> list[str]:
              f"training network {t['name']}: p1 {t['strangers']['p1']:.3f}, p5 {t['strangers']['p5']:.3f}, "
              f"median {t['strangers']['p50']:.3f}"]
     yes = lambda b: "YES" if b else "NO"  # noqa: E731
+    if (line := not_drawn_line(report)) is not None:
+        lines.append(line)
     n = report.get("n_identities", 1)
     who = "the person" if n == 1 else f"the person (the worst of {n}: {sum(r['forgotten'] for r in report['identities'])} " \
                                       f"forgotten at w_u)"
@@ -229,6 +290,9 @@ def summary_rows(report: dict) -> list[tuple]:
             ("random faces kept", p["train_same_person_frac"], p["judge_same_person_frac"]),
             ("  kept below (strangers' p5)", th["kept_if_dist_below"], th["judge_kept_if_dist_below"]),
             ("embedding Frechet distance (not FID)", p["fd_embedding"], p["judge_fd_embedding"])]
+    if i.get("photo_judge_dist_at_w_u") is not None:  # a photo identity: did the pretrained generator draw them?
+        rows += [("photo to the pretrained face at w_u", None, i["photo_judge_dist_at_w_u"]),
+                 ("  drawn before unlearning (below strangers' p1)", None, i["drawn"])]
     if "attack" in report:
         a = report["attack"]
         how = f"{a['starts']} starts x {a['steps']} steps" + (", no identity term" if a.get("loss") == "pixel" else "")
@@ -267,5 +331,6 @@ def summary_table(report: dict) -> str:
     if "target" in report:
         out.append(f"{'target collapse (' + report['target']['network'] + ' cos)':<46} {fmt(report['target']['collapse_sim']):>30}")
     out += [""] + verdict_lines(report)[2:]
-    out.append(f"{'PASSED' if report['passed'] else 'FAILED'} (required level: {report['required']})")
+    out.append(f"{'PASSED' if report['passed'] else 'FAILED'} (required level: {report['required']}; outcome: "
+               f"{report.get('outcome', outcome(report))})")
     return "\n".join(out)

