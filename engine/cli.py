@@ -301,7 +301,7 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=int, default=32, show_default=True, help="Micro-batch size limit.")
 @click.option("--max-wait-ms", type=float, default=5.0, show_default=True, help="Micro-batch collection window.")
 @click.option("--max-per-request", type=int, default=16, show_default=True)

@@ -32,6 +32,8 @@ import torch
 
 from guide_engine.engine.errors import GuideEngineError, IntegrityError
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -177,7 +179,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a bounded label set
+            self.metrics.requests.labels(route, method, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
 

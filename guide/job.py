@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import shutil
 import sys
 import time
@@ -128,6 +129,11 @@ class JobConfig:
             raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
         if self.out.exists() and not self.resume:
             raise GuideEngineError(f"--out {self.out} already exists; choose a new directory")
+        parent = self.out.parent
+        if not parent.is_dir():
+            raise GuideEngineError(f"--out {self.out}: the folder {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise GuideEngineError(f"--out {self.out}: cannot write in {parent} (read-only or not yours)")
         if self.resume and not partial_dir(self.out).is_dir():
             raise GuideEngineError(f"--resume: no interrupted run at {partial_dir(self.out)}")
 

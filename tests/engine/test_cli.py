@@ -61,3 +61,49 @@ def test_default_device_follows_the_environment(monkeypatch):
         monkeypatch.setenv("GUIDE_ENGINE_DEVICE", "cuda")
         with pytest.raises(GuideEngineError, match="CUDA is not available"):
             default_device()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["unlearn", "--seed", "1", "--out", "run", "--iters", "1000000000"], "must be within 1-200,000"),
+    (["unlearn", "--seed", "1", "--out", "no/such/parent/run"], "does not exist; create it first"),
+    (["serve", ".", "--port", "70000"], "70000 is not in the range 0<=x<=65535"),
+])
+def test_careless_input_is_one_line_not_a_traceback(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_out_in_a_folder_that_cannot_be_written_is_refused_before_loading(tmp_path, monkeypatch):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--out", str(tmp_path / "ro" / "run")])
+    assert r.exit_code == 2 and "cannot write in" in r.output, r.output
+
+
+def test_models_fetch_into_an_unwritable_home_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path / "file"))
+    r = CliRunner().invoke(main, ["models", "fetch", "yunet-2023mar"])
+    assert r.exit_code == 2 and "cannot write the weights cache" in r.output, r.output
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Runs and exports are read by servers running as other users: 0666 less the umask, not mkstemp's 0600."""
+    import os
+
+    from guide_engine.engine.models.zoo import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

@@ -115,3 +115,18 @@ def test_batcher_groups_concurrent_requests():
     assert sum(b.calls) == 12 and len(b.calls) <= 3 and max(b.calls) <= 8  # grouped, never over max_batch
     for i, o in enumerate(outs):
         assert torch.equal(o, torch.full((2, 3), 2.0 * i))  # each request gets its own rows back
+
+
+def test_made_up_methods_share_one_metrics_label(client):
+    """300 requests with made-up HTTP methods used to add 300 series to /metrics; they now count as one."""
+    def series() -> list[str]:
+        return [x for x in client.get("/metrics").text.splitlines() if x.startswith("guide_engine_requests_total{")]
+
+    client.request("BREW", "/v1/generate")
+    series()  # its own GET /metrics series exists from here on
+    before = series()
+    for i in range(30):
+        client.request(f"BREW{i}", "/v1/generate")
+    after = series()
+    assert len(after) == len(before) and not any("BREW" in x for x in after)
+    assert any('method="other"' in x for x in after)
