@@ -17,6 +17,7 @@ reference for targets and preservation; the identities it forgot are trained aga
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -236,20 +237,76 @@ def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool, p
     return w_u, how, photo
 
 
+FLAGS = {"seed": "--run-seed", "perceptual": "--lpips-vgg", "fused_adam": "--reference-loop", "push_weight": "--push-past",
+         "push_margin": "--push-past", "alpha_max": "--alpha-max-rel", "radius": "--generator",
+         "target_distance": "--target-distance / --target-distance-rel", "target_distance_rel":
+         "--target-distance / --target-distance-rel"}  # the flag behind each resolved setting (else --the-name)
+
+
+def check_same_config(partial: Path, cfg: UnlearnConfig) -> None:
+    """--resume must continue the run it resumes: every resolved setting equal to what the interrupted run's
+    config.json recorded (the device aside), else a one-line refusal naming the flag."""
+    import json
+
+    old = read_json(partial / "config.json")
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for key, value in new.items():
+        if key != "device" and key in old and old[key] != value:
+            flag = FLAGS.get(key, f"--{key.replace('_', '-')}")
+            raise GuideEngineError(f"--resume: {flag} differs from the interrupted run ({key} {old[key]!r} there, "
+                                   f"{value!r} now); resume with the flags it was started with, or start a new --out")
+
+
+@contextlib.contextmanager
+def owned(out: Path, partial: Path, resume: bool):
+    """The run directory's one writer: an exclusive lock on OUT.partial/ while the job works. A second `unlearn`
+    into the same --out is refused in one line; the folder, if this job made it and nothing was written into it,
+    is removed again when the job fails."""
+    import fcntl
+
+    created = not partial.exists()
+    partial.mkdir(exist_ok=True)
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GuideEngineError(f"--out {out}: another `unlearn` is writing it ({partial.name}/); wait for it to "
+                               f"finish, or choose another --out") from None
+    done = False
+    try:
+        if out.exists() and not resume:  # finished by another job between our first check and the lock
+            raise GuideEngineError(f"--out {out} already exists; choose a new directory")
+        yield
+        done = True
+    finally:
+        if not done and created and partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()
+        os.close(fd)
+
+
 def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     job.validate()
-    from guide_engine.engine.faces import load_face, locate_face
-
-    if distributed.init_from_env(job.device):  # under torchrun: one device per rank, rank 0 speaks and writes
-        if job.device.startswith("cuda"):
-            local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            job = dataclasses.replace(job, device=f"cuda:{local}")
-        progress = progress and distributed.is_writer()
+    from guide_engine.engine.faces import locate_face
 
     for src in job.sources:  # every photo readable, with its face found, before any work starts
         if src.image is not None:
             locate_face(src.image, face=src.face)
+    if distributed.init_from_env(job.device):  # under torchrun: one device per rank, rank 0 speaks and writes
+        if job.device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            job = dataclasses.replace(job, device=f"cuda:{local}")
+        progress = progress and distributed.is_writer()
+    if not distributed.is_writer():
+        return _unlearn_job(job, progress, stop_after)
+    with owned(Path(job.out), partial_dir(Path(job.out)), job.resume):
+        return _unlearn_job(job, progress, stop_after)
+
+
+def _unlearn_job(job: JobConfig, progress: bool, stop_after: int | None) -> Path:
+    from guide_engine.engine.faces import load_face
+
     out, partial, device = Path(job.out), partial_dir(Path(job.out)), job.device
     continued = Path(job.generator) if Path(job.generator).is_dir() else None
     base_name, init, old, init_sha = continued_run(continued) if continued else (job.generator, None, None, None)
@@ -343,6 +400,8 @@ def unlearn_job(job: JobConfig, progress: bool = True, stop_after: int | None = 
                         identities_per_iter=job.identities_per_iter, precision=job.precision,
                         push_weight=PUSH_WEIGHT if job.push_past else 0.0, push_margin=push_margin)
     if distributed.is_writer():
+        if job.resume and (partial / "config.json").is_file():
+            check_same_config(partial, cfg)
         partial.mkdir(parents=True, exist_ok=True)
         keep_aligned_photos(book, partial, continued, photos, n_before)
         zoo.write_json(partial / ledger.LEDGER, book)

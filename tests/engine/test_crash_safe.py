@@ -76,3 +76,40 @@ def test_sigkill_during_verify_leaves_no_report(small_run):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not any((small_run / n).exists() for n in ("report.json", "report.png", "report.html"))
+
+
+@pytest.mark.slow
+def test_resume_with_other_flags_is_refused(tmp_path):
+    """A resumed run must be the run it resumes: before, `--resume --lr 0.01` exited 0 with config.json saying
+    0.01 while Adam kept 1e-4, and `--resume --target average --losses local` trained half a run with each."""
+    args = ["--seed", "3", "--iters", "60", "--checkpoint-every", "20", "--quiet"]
+    out = tmp_path / "run"
+    proc = _spawn("unlearn", *args, "--out", out)
+    _kill_when(proc, (tmp_path / "run.partial" / "checkpoint.pt").is_file)
+    config = (tmp_path / "run.partial" / "config.json").read_bytes()
+    for extra, flag in ((["--lr", "0.01"], "--lr differs"), (["--target", "average", "--losses", "local"], "--target differs"),
+                        (["--iters", "80"], "--iters differs")):
+        r = subprocess.run([*CLI, "unlearn", *args, *extra, "--out", str(out), "--resume"], env=ENV,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "run.partial" / "config.json").read_bytes() == config and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_second_unlearn_into_the_same_out_is_refused(tmp_path):
+    """Before: both ran, one ended in a traceback, the finished run's history.csv held both runs' rows and a
+    43 MB checkpoint temp file was left in it."""
+    out = tmp_path / "C"
+    first = _spawn("unlearn", "--seed", "6", "--iters", "40", "--quiet", "--out", out)
+    deadline = time.time() + 300
+    while not (tmp_path / "C.partial").is_dir():
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+        time.sleep(0.02)
+    second = subprocess.run([*CLI, "unlearn", "--seed", "7", "--iters", "40", "--quiet", "--out", str(out)], env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2 and "another `unlearn` is writing it" in second.stderr, second.stderr
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    with open(out / "history.csv", newline="") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 41))
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert "seed:6" in (out / "identities.json").read_text() and "seed:7" not in (out / "identities.json").read_text()
