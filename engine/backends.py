@@ -176,8 +176,11 @@ def open_runner(export_dir: Path, backend: str) -> Runner:
     manifest_path = Path(export_dir) / "export.json"
     if not manifest_path.is_file():
         raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` first")
-    manifest = json.loads(manifest_path.read_text())
-    shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GuideEngineError(f"{manifest_path}: not a readable export record ({type(e).__name__}); export again") from None
     ledger = integrity.check_files(Path(export_dir), manifest.get("files", {}), str(manifest_path)).get("identities.json")
     if backend == "auto":
         runners = {}

@@ -296,12 +296,16 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     if resume:
         if checkpoint is None or not checkpoint.is_file():
             raise GuideEngineError(f"--resume: no checkpoint at {checkpoint}")
-        state = torch.load(checkpoint, map_location=cfg.device, weights_only=True)
-        G_u.load_state_dict(state["G_u"])
-        opt.load_state_dict(state["opt"])
-        for a, s in zip(attackers, state["attackers"]):
-            a.load_state_dict(s)
-        start = state["iter"]
+        try:
+            state = torch.load(checkpoint, map_location=cfg.device, weights_only=True)
+            G_u.load_state_dict(state["G_u"])
+            opt.load_state_dict(state["opt"])
+            for a, s in zip(attackers, state["attackers"]):
+                a.load_state_dict(s)
+            start = state["iter"]
+        except Exception as e:  # truncated, or not a checkpoint of this run
+            raise GuideEngineError(f"--resume: {checkpoint} does not load ({type(e).__name__}); it is damaged: start "
+                                   f"the run again under a new --out") from None
     cache = TargetCache(G_s, identity_net, w_t, cfg, perceptual) \
         if cfg.cache_targets and not cfg.reference_loop and TargetCache.usable(G_s) else None
     if cache is not None and cfg.push_weight:

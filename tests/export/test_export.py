@@ -156,3 +156,14 @@ def test_export_ships_a_throughput_table_and_auto_uses_it(tiny_run_factory, tmp_
     assert r.exit_code == 0, r.output
     (run / "generator.safetensors").write_bytes(b"changed")  # the source moved on: torch must not compete
     assert set(open_runner(out, "auto").runners) == {"onnxruntime"}
+
+
+def test_export_record_that_is_not_json_is_one_line(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported[0], copy)
+    (copy / "export.json").write_text("{not json")
+    r = CliRunner().invoke(main, ["sample", str(copy), "--backend", "onnxruntime", "--seeds", "0", "--out",
+                                  str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "not a readable export record" in r.output and "Traceback" not in r.output, r.output

@@ -125,3 +125,16 @@ def test_continuing_a_tampered_or_foreign_run_is_refused(tmp_path, tiny_run_fact
     (other / "identities.json").write_text(json.dumps(book))
     r = _unlearn("--generator", other, "--seed", "57", "--out", out)
     assert r.exit_code == 2 and "made for base generator" in r.output and not out.exists()
+
+
+def test_truncated_checkpoint_on_resume_is_one_line(generator, identity, tmp_path):
+    from guide_engine.engine.errors import GuideEngineError
+
+    w_u = generator.latents_for_seeds(SEEDS[:1])
+    cfg = UnlearnConfig(iters=4, alpha_max=5.0, checkpoint_every=2)
+    ck = tmp_path / "ck.pt"
+    run_unlearning(generator, identity, w_u, _targets(generator, w_u), cfg, checkpoint=ck, progress=False, stop_after=2)
+    ck.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(GuideEngineError, match="does not load .* it is damaged") as e:
+        run_unlearning(generator, identity, w_u, _targets(generator, w_u), cfg, checkpoint=ck, resume=True, progress=False)
+    assert "\n" not in str(e.value)
