@@ -217,6 +217,10 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
         if not Path(source).is_dir():
             raise GuideEngineError("--out is needed when SOURCE is a model name")
         out = str(Path(source) / "export")
+    if triton_repo:
+        from guide_engine.export.triton_repo import check_free
+
+        check_free(Path(out), Path(triton_repo))  # before anything is written
     manifest = export_job(source, Path(out), onnx=onnx or not trt, fp16=fp16, trt=trt, max_batch=max_batch)
     for name, art in manifest["artifacts"].items():
         p = art["parity"]

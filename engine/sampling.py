@@ -157,6 +157,9 @@ def sample_to_file(source: str, seeds: str, out: str | Path, backend: str = "aut
     n = sum(len(r) for r in ranges)
     to_dir = str(out).endswith(("/", "\\")) or Path(out).is_dir()  # checked before Path() drops the slash
     out = Path(out)
+    if Path(source).is_dir() and out.is_file() and out.resolve().is_relative_to(Path(source).resolve()):
+        raise GuideEngineError(f"--out {out} is a file of {source} itself (its report or weights would be overwritten); "
+                               f"write the samples elsewhere")
     if not to_dir:
         kind = out.suffix.lower()
         if kind not in (".png", ".npy"):

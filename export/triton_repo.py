@@ -34,13 +34,28 @@ instance_group [
 """
 
 
+def model_name(export_dir: Path) -> str:
+    """The Triton model's name: guide_<run> for the default RUN/export, guide_<run>_<folder> for another export
+    folder (two exports of one run must not share a name)."""
+    export_dir = Path(export_dir).absolute()
+    tail = "" if export_dir.name == "export" else f"_{export_dir.name}"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"guide_{export_dir.parent.name}{tail}")
+
+
+def check_free(export_dir: Path, repo: Path) -> None:
+    """Refuse before anything is exported when the repository already holds a model of that name."""
+    if (Path(repo) / model_name(export_dir)).exists():
+        raise GuideEngineError(f"--triton-repo: {Path(repo) / model_name(export_dir)} already exists; remove it or "
+                               f"export to another --out")
+
+
 def write_triton_repo(export_dir: Path, repo: Path, name: str | None = None) -> Path:
     """Copy the export's artifact (the TensorRT plan if there is one, else the ONNX file) into a
     Triton model repository; => the model's folder."""
     import json
 
     manifest = json.loads((export_dir / "export.json").read_text())
-    name = name or re.sub(r"[^A-Za-z0-9_-]", "_", f"guide_{export_dir.parent.name}")
+    name = name or model_name(export_dir)
     art = manifest["artifacts"]
     platform, src, target = (("tensorrt", art["tensorrt"]["file"], "model.plan") if "tensorrt" in art
                              else ("onnx", art["onnx"]["file"], "model.onnx"))

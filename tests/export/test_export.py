@@ -167,3 +167,27 @@ def test_export_record_that_is_not_json_is_one_line(exported, tmp_path):
     r = CliRunner().invoke(main, ["sample", str(copy), "--backend", "onnxruntime", "--seeds", "0", "--out",
                                   str(tmp_path / "x.png")])
     assert r.exit_code == 2 and "not a readable export record" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_triton_names_are_per_export_and_a_taken_name_is_refused_first(tmp_path):
+    """Two exports of one run used to get one Triton model name, and the second export failed after writing a
+    complete export directory."""
+    from guide_engine.export.triton_repo import model_name
+
+    run, repo = tmp_path / "myrun", tmp_path / "repo"
+    assert model_name(run / "export") == "guide_myrun" and model_name(run / "export16") == "guide_myrun_export16"
+    (repo / "guide_myrun").mkdir(parents=True)
+    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "2", "--out", str(run / "export"),
+                                  "--triton-repo", str(repo)])
+    assert r.exit_code == 2 and "already exists" in r.output and not (run / "export").exists(), r.output
+    assert not (run / "export.partial").exists()
+
+
+def test_sample_does_not_overwrite_the_runs_own_files(tmp_path, tiny_run_factory):
+    run = tiny_run_factory(57)
+    before = (run / "before_after.png").read_bytes()
+    r = CliRunner().invoke(main, ["sample", str(run), "--seeds", "0", "--out", str(run / "before_after.png")])
+    assert r.exit_code == 2 and "is a file of" in r.output, r.output
+    assert (run / "before_after.png").read_bytes() == before
+    r = CliRunner().invoke(main, ["sample", str(run), "--seeds", "0", "--out", str(run / "grid.png")])
+    assert r.exit_code == 0, r.output  # a new file beside them is fine
