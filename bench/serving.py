@@ -29,10 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(source: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
-    """`guide-engine serve SOURCE *extra` as its own process on a free loopback port, once it accepts."""
+def start_server(source: str, extra: tuple[str, ...], stderr=None) -> tuple[subprocess.Popen, int]:
+    """`guide-engine serve SOURCE *extra` as its own process on a free loopback port, once it accepts.
+    stderr: where the server's log goes (a file object; None: this process's)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port), *extra])
+    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port), *extra],
+                            stderr=stderr)
     deadline = time.time() + 300
     while True:
         try:

@@ -288,17 +288,34 @@ def _make_guard(source: Path, base, report):
     return guard
 
 
-async def read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int, deadline: float) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or while it streams in):
-    a chunked request without Content-Length cannot grow the server's memory."""
+    a chunked request without Content-Length cannot grow the server's memory. It must have arrived by `deadline`
+    (time.monotonic()), else 408: a client sending a byte a second holds no connection past the request timeout.
+    A client that goes away mid-body is one line in the log."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServeError(413, f"request body of {declared} bytes is over the limit of {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ServeError(413, f"request body is over the limit of {limit} bytes")
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise ServeError(413, f"request body is over the limit of {limit} bytes")
+
+    try:
+        await asyncio.wait_for(read(), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise ServeError(408, f"the request body did not arrive within the request timeout ({len(body)} bytes "
+                              f"came)", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        print(f"guide-engine serve: {client} went away while sending its body ({len(body)} bytes came)",
+              file=sys.stderr)
+        raise ServeError(400, "the client went away before its body arrived") from None
     return bytes(body)
 
 
@@ -348,7 +365,7 @@ def create_app(source: Path, cfg: ServeConfig):
                   description="An unlearned face generator: /v1 (this engine's API) and /v2 (KServe v2, as Triton).")
     app.state.batcher, app.state.metrics = batcher, metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    errors = {s: {"model": api.ErrorBody} for s in (400, 404, 413, 503, 504)}
+    errors = {s: {"model": api.ErrorBody} for s in (400, 404, 408, 413, 503, 504)}
 
     def error(status: int, msg: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status, headers=headers)
@@ -366,15 +383,15 @@ def create_app(source: Path, cfg: ServeConfig):
         first = e.errors()[0]
         return error(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
 
-    async def generate_images(w: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    async def generate_images(w: torch.Tensor, deadline: float) -> tuple[torch.Tensor, list[bool]]:
         try:
-            images = await asyncio.wait_for(batcher.submit(w), cfg.timeout_s)
+            images = await asyncio.wait_for(batcher.submit(w), max(0.0, deadline - time.monotonic()))
         except QueueFull:
             metrics.queue_full.inc()
             raise ServeError(503, f"the queue is full ({cfg.max_queue} latents waiting); retry shortly",
                              {"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
-            raise ServeError(504, f"generation took longer than {cfg.timeout_s:g} s") from None
+            raise ServeError(504, f"the request took longer than its timeout ({cfg.timeout_s:g} s)") from None
         except ServeError:
             raise
         except GuideEngineError as e:  # the model refused these latents: the request's fault, said in one line
@@ -404,8 +421,10 @@ def create_app(source: Path, cfg: ServeConfig):
                          451: {"model": api.ErrorBody, "description": "withheld: the image shows an unlearned identity"},
                          **errors})
     async def generate(request: Request):
-        body = await read_body(request, cfg.max_body_bytes)
-        images, withheld = await generate_images(parse_generate(body, GenerateRequest, latent_shape, latents_for_seeds))
+        deadline = time.monotonic() + cfg.timeout_s  # the whole request: its body, the queue, generation
+        body = await read_body(request, cfg.max_body_bytes, deadline)
+        images, withheld = await generate_images(parse_generate(body, GenerateRequest, latent_shape, latents_for_seeds),
+                                                 deadline)
         if len(images) == 1 and withheld[0]:
             raise ServeError(451, "image withheld: it matches an unlearned identity")
         pngs = await asyncio.get_running_loop().run_in_executor(  # PNG encoding off the event loop
@@ -460,12 +479,13 @@ def create_app(source: Path, cfg: ServeConfig):
                          **errors})
     async def v2_infer(model_name: str, request: Request):
         known(model_name)
-        body = await read_body(request, cfg.max_body_bytes)
+        deadline = time.monotonic() + cfg.timeout_s
+        body = await read_body(request, cfg.max_body_bytes, deadline)
         try:
             w, req, binary = api.parse_v2(body, request.headers.get(api.INFER_HEADER), latent_shape, cfg.max_per_request)
         except GuideEngineError as e:
             raise ServeError(400, str(e)) from None
-        images, withheld = await generate_images(torch.from_numpy(w))
+        images, withheld = await generate_images(torch.from_numpy(w), deadline)
         if any(withheld):
             raise ServeError(451, f"images {[i for i, h in enumerate(withheld) if h]} withheld: they match an "
                                   f"unlearned identity")
