@@ -312,18 +312,22 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 @click.option("--max-queue", type=int, default=256, show_default=True,
               help="Latents accepted and not yet answered; beyond it a request gets 503 + Retry-After at once.")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Request body limit (413 beyond).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Per-request timeout, seconds.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Per-request timeout, seconds: the body, the queue and generation (408 / 504 past it).")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="A request's line and headers must arrive within this many seconds, else the connection is closed.")
 @click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed or does not match its files (said in /v1/model and the log).")
 @click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
 @nvlabs_options
 def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, max_queue, max_body_bytes, timeout,
-          allow_unverified, guard) -> None:
+          header_timeout, allow_unverified, guard) -> None:
     """HTTP service for an unlearned generator (run or export directory)."""
     from guide_engine.engine.serve import ServeConfig, serve as run_server
 
     run_server(Path(source), ServeConfig(backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                          max_per_request=max_per_request, max_queue=max_queue,
                                          max_body_bytes=max_body_bytes, timeout_s=timeout,
+                                         header_timeout_s=header_timeout,
                                          allow_unverified=allow_unverified, guard=guard), host, port)
 
 

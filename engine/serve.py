@@ -44,6 +44,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     max_queue: int = 256  # latents waiting or in a generator call; beyond: 503 + Retry-After
     timeout_s: float = 30.0
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this (slow-header clients)
     allow_unverified: bool = False
     guard: bool = False
 
@@ -51,8 +52,9 @@ class ServeConfig:
         if min(self.max_batch, self.max_per_request) < 1 or self.max_queue < self.max_per_request:
             raise GuideEngineError("serve: --max-batch and --max-per-request at least 1, --max-queue at least "
                                    "--max-per-request")
-        if self.max_body_bytes < 1024 or not self.timeout_s > 0 or self.max_wait_ms < 0:
-            raise GuideEngineError("serve: --max-body-bytes at least 1024, --timeout above 0, --max-wait-ms at least 0")
+        if self.max_body_bytes < 1024 or not self.timeout_s > 0 or self.max_wait_ms < 0 or not self.header_timeout_s > 0:
+            raise GuideEngineError("serve: --max-body-bytes at least 1024, --timeout and --header-timeout above 0, "
+                                   "--max-wait-ms at least 0")
 
 
 class ServeError(GuideEngineError):
@@ -509,9 +511,62 @@ def create_app(source: Path, cfg: ServeConfig):
     return app
 
 
+def header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers. uvicorn bounds neither (its
+    keep-alive timer is reset by every byte received), so a client trickling a header a byte at a time held a
+    connection for as long as it liked. The deadline runs from the connection (or the previous response) until the
+    request's headers are complete; then the request timeout takes over (read_body). On expiry the connection is
+    closed and one line is logged."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being answered (pipelined): its own timeout applies
+            if not self.transport.is_closing():
+                client = "%s:%d" % self.client if self.client else "a client"
+                print(f"guide-engine serve: {client} sent no complete request headers within {seconds:g} s; closed",
+                      file=sys.stderr)
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request's headers arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():  # keep-alive: the next request's headers are due in time too
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineProtocol
+
+
 def serve(source: Path, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     app = create_app(source, cfg)
     import uvicorn
 
     # SIGTERM / Ctrl-C: stop accepting, finish the requests in flight (at most the request timeout), exit
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.timeout_s))
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.timeout_s),
+                http=header_deadline_protocol(cfg.header_timeout_s))

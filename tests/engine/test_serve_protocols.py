@@ -258,3 +258,42 @@ def test_slow_upload_gets_408_within_the_timeout_and_a_disconnect_is_one_line(ru
     text = (tmp_path / "server.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     assert text.count("went away while sending its body") == 1, text[-3000:]
+
+
+def test_slow_headers_are_cut_off(run_dir, tmp_path):
+    """uvicorn bounds no request's headers (its keep-alive timer restarts at every byte): a client sending a header
+    byte at a time held its connection open (16 such stayed past 37 s). With --header-timeout 2 they are closed."""
+    import socket
+
+    log = open(tmp_path / "server.log", "w")
+    proc, port = start_server(str(run_dir), ("--allow-unverified", "--header-timeout", "2"), stderr=log)
+    try:
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for c in conns:
+            c.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n")
+        t0, closed = time.time(), set()
+        while len(closed) < len(conns) and time.time() - t0 < 20:
+            for i, c in enumerate(conns):
+                if i in closed:
+                    continue
+                try:
+                    c.settimeout(0.05)
+                    c.sendall(b"X")  # one more header byte
+                    if c.recv(4096) == b"":
+                        closed.add(i)
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed.add(i)
+            time.sleep(0.4)
+        assert len(closed) == len(conns) and time.time() - t0 < 6, (closed, time.time() - t0)
+        import httpx
+
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"seeds": [1]}, timeout=30)
+        assert r.status_code == 200  # a request that sends its headers at once is served as before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+    text = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in text and text.count("sent no complete request headers") == 4, text[-3000:]
