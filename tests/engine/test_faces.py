@@ -210,3 +210,18 @@ def test_find_faces_sees_a_face_that_fills_the_frame(generator, detector):
     """The generator's own 64 px face touches the border: padding first lets the detector find it."""
     found = sum(bool(find_faces(generator_face(generator, s), detector)) for s in range(6000, 6012))
     assert found >= 11
+
+
+def test_cli_refuses_a_decompression_bomb_in_one_line_also_in_a_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from guide_engine.engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()
+    png_header_only(tmp_path / "dir" / "bomb.png", 30000, 30000)
+    for args in (["--image", "dir/bomb.png"], ["--images", "dir"]):
+        r = CliRunner().invoke(main, ["unlearn", *args, "--out", "run"])
+        assert r.exit_code == 2 and "megapixels" in r.output and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+        assert not (tmp_path / "run.partial").exists()
