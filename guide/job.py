@@ -130,9 +130,11 @@ class JobConfig:
             raise GuideEngineError("--target-search must be >= 0 and --target-angle within [0, 90] degrees")
         if self.out.exists() and not self.resume:
             raise GuideEngineError(f"--out {self.out} already exists; choose a new directory")
-        parent = self.out.parent
+        parent = self.out.absolute().parent  # missing folders are made; the nearest existing one must take them
+        while not parent.exists():
+            parent = parent.parent
         if not parent.is_dir():
-            raise GuideEngineError(f"--out {self.out}: the folder {parent} does not exist; create it first")
+            raise GuideEngineError(f"--out {self.out}: {parent} is a file, not a folder")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise GuideEngineError(f"--out {self.out}: cannot write in {parent} (read-only or not yours)")
         if self.resume and not partial_dir(self.out).is_dir():
@@ -260,12 +262,12 @@ def check_same_config(partial: Path, cfg: UnlearnConfig) -> None:
 @contextlib.contextmanager
 def owned(out: Path, partial: Path, resume: bool):
     """The run directory's one writer: an exclusive lock on OUT.partial/ while the job works. A second `unlearn`
-    into the same --out is refused in one line; the folder, if this job made it and nothing was written into it,
-    is removed again when the job fails."""
+    into the same --out is refused in one line; the folders this job made (the partial one, missing parents) are
+    removed again when the job fails before writing into them."""
     import fcntl
 
-    created = not partial.exists()
-    partial.mkdir(exist_ok=True)
+    made = [p for p in (partial, *partial.absolute().parents) if not p.exists()]  # deepest first
+    partial.mkdir(parents=True, exist_ok=True)
     fd = os.open(partial, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -280,8 +282,10 @@ def owned(out: Path, partial: Path, resume: bool):
         yield
         done = True
     finally:
-        if not done and created and partial.is_dir() and not any(partial.iterdir()):
-            partial.rmdir()
+        if not done:  # what this job made and left empty goes again: a refused run writes nothing
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         os.close(fd)
 
 

@@ -65,13 +65,21 @@ def test_default_device_follows_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("args,msg", [
     (["unlearn", "--seed", "1", "--out", "run", "--iters", "1000000000"], "must be within 1-200,000"),
-    (["unlearn", "--seed", "1", "--out", "no/such/parent/run"], "does not exist; create it first"),
+    (["unlearn", "--seed", "1", "--out", "file/run"], "is a file, not a folder"),
     (["serve", ".", "--port", "70000"], "70000 is not in the range 0<=x<=65535"),
 ])
 def test_careless_input_is_one_line_not_a_traceback(tmp_path, monkeypatch, args, msg):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_missing_parents_are_made_and_removed_again_when_the_run_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--out", "a/b/run", "--identity", "nope"])
+    assert r.exit_code == 2 and "unknown identity network" in r.output, r.output
     assert not list(tmp_path.iterdir())
 
 
