@@ -17,8 +17,8 @@ def generator_face(generator, seed: int) -> np.ndarray:
         return to_uint8(generator.synthesize(generator.latents_for_seeds([seed])))[0]
 
 
-def background(width: int, height: int, seed: int) -> "Image":
-    """A picture with no face in it: a colour gradient, noise and a few rectangles and ellipses."""
+def background(width: int, height: int, seed: int):
+    """A PIL picture with no face in it: a colour gradient, noise and a few rectangles and ellipses."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -89,20 +89,25 @@ COMPOSITIONS = [
 ]
 
 
-def centre_crop_figure(G, J, D, photo: Path, truth: torch.Tensor) -> float:
-    """What the engine did before it found faces: the whole picture centre-cropped to a square, resized to the
-    generator's resolution and inverted => the judge's distance between the face at that w_u and the true face."""
+def centre_crop(photo: Path, size: int) -> torch.Tensor:
+    """What the engine did before it found faces: the whole picture centre-cropped to a square and resized =>
+    (1, 3, size, size) in [-1, 1]."""
     from PIL import Image
 
     from guide_engine.engine.faces import read_photo
-    from guide_engine.guide.invert import invert
 
     im = Image.fromarray(read_photo(photo))
     side = min(im.size)
     left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((G.resolution,) * 2, Image.LANCZOS)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-    w, _ = invert(G, D, x, progress=False)
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def centre_crop_figure(G, J, D, photo: Path, truth: torch.Tensor) -> float:
+    """The centre crop inverted => the judge's distance between the face at that w_u and the true face."""
+    from guide_engine.guide.invert import invert
+
+    w, _ = invert(G, D, centre_crop(photo, G.resolution), progress=False)
     with torch.no_grad():
         return J.distance(J.descriptors(G.synthesize(w)), J.descriptors(truth)).item()
 

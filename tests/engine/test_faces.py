@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from guide_engine.bench.photos import compose, generator_face
+from guide_engine.bench.photos import centre_crop, compose, generator_face
 from guide_engine.engine.crops import FFHQ, TemplateCrop, similarity
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.faces import find_faces, load_face, measure_template, read_photo
@@ -36,17 +36,6 @@ def as_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 def judge_dist(judge, a: torch.Tensor, b: torch.Tensor) -> float:
     return judge.distance(judge.descriptors(a), judge.descriptors(b)).item()
-
-
-def centre_crop(path, size: int) -> torch.Tensor:
-    """What the engine did before faces were found: the whole picture, centre-cropped square, resized."""
-    from PIL import Image
-
-    im = Image.fromarray(read_photo(path))
-    side = min(im.size)
-    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-    return as_tensor(np.asarray(im))
 
 
 # -- the detector's decoding ---------------------------------------------------------------------------------------
