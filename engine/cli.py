@@ -274,8 +274,10 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
                         device=default_device(device))
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
-        why = " the generator did not draw this person before unlearning (outcome: not drawn), so no forgetting " \
-              "is claimed;" if report["outcome"] == "not drawn" else ""
+        why = {"not drawn": " the generator did not draw this person before unlearning (outcome: not drawn), so no "
+                            "forgetting is claimed;",
+               "not found": " the run's w_u is not the person in the photo (outcome: not found), so no forgetting "
+                            "is claimed;"}.get(report["outcome"], "")
         raise CheckFailed(f"verification failed (required level: {require}):{why} see {run_dir}/report.json")
 
 

@@ -213,8 +213,9 @@ def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: i
 def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
     """The two levels over all identities: forgotten (each at w_u, by the judge; others kept) and robust
     (also each attack fails under both networks; None when the attack was not run). An identity whose photo the
-    pretrained generator never drew (`drawn` False: verify.drawn_figures) is forgotten by no one: no level holds."""
-    forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False for r in rows)
+    pretrained generator never drew (`drawn` False: verify.drawn_figures), or whose w_u is not them (`found` False),
+    is forgotten by no one: no level holds."""
+    forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False and r.get("found") is not False for r in rows)
                      and preservation["same_person_frac"] >= MIN_KEPT)
     return {"forgotten": forgotten,
             "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if attacked else None}
@@ -238,7 +239,7 @@ def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
     """The identity closest to failing: the attack's best relative to the robust line when there is an
     attack, else the judge's distance at w_u relative to the forgotten line."""
     def margin(r: dict) -> float:
-        if r.get("drawn") is False:  # a person the generator never drew comes first: the report says why
+        if r.get("drawn") is False or r.get("found") is False:  # comes first: the report says why
             return -1.0
         m = r["judge_id_dist"] / judge.calib["strangers_dist_median"]
         if "attack" in r:

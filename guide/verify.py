@@ -5,7 +5,9 @@ which no loss and no attacker saw. Every identity of the run's ledger (guide/led
 judge at its w_u, its neighbours, and the re-inversion attacker (guide/attack.py) with its photo (the
 photo itself when given with --image, else the aligned crop the run kept, else the pretrained image of w_u)
 against the unlearned generator; whether the pretrained generator drew the photo's person at all (`drawn`,
-under the judge: a person it never drew is "not drawn", and no forgetting is claimed for them);
+under the judge: a person it never drew is "not drawn") and whether the run's w_u is that person (`found`: a
+w_u the judge does not call the person is "not found", the run forgot someone else); for either, no
+forgetting is claimed;
 preservation is measured once. Verdict levels over all identities: `forgotten` and `robust`;
 `passed` is the level asked for (`require`). `identity` and `attack` repeat the worst identity's row.
 Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage errors => 2.
@@ -71,15 +73,18 @@ def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tenso
     """Did the pretrained generator draw the person in the photo before unlearning? Under the judge (which no
     loss, target choice or attacker saw): the photo against the pretrained face at w_u and, when the attack ran,
     the pretrained generator's best attack face; `drawn` when either comes within the strangers' p1. A seed
-    identity's photo is that face, so it is drawn by definition; no photo at all: unknown (None)."""
+    identity's photo is that face, so it is drawn by definition; no photo at all: unknown (None).
+    `found`: the face at w_u itself comes within the line, so what the run forgot is the person in the photo (the
+    inversion can miss a person the generator draws: it descends on the training network, which then calls its
+    own result the person while the judge does not)."""
     if source == "seed":
-        return {"drawn": True, "drawn_by": "seed"}
+        return {"drawn": True, "found": True, "drawn_by": "seed"}
     if how.startswith("pretrained image of w_u"):  # the person's photo is not at hand
-        return {"drawn": None, "drawn_by": how}
+        return {"drawn": None, "found": None, "drawn_by": how}
     line = judge.calib["strangers_dist_p1"]
     at_w_u = judge.dist(judge.desc(x_pre), judge.desc(photo)).item()
     best = min(at_w_u, attack["judge_pretrained"]) if attack else at_w_u
-    return {"drawn": bool(best < line), "drawn_by": how, "photo_judge_dist_at_w_u": at_w_u,
+    return {"drawn": bool(best < line), "found": bool(at_w_u < line), "drawn_by": how, "photo_judge_dist_at_w_u": at_w_u,
             "photo_judge_dist_pretrained_attack": attack["judge_pretrained"] if attack else None,
             "drawn_line": line}
 
@@ -218,19 +223,33 @@ def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, 
 
 def outcome(report: dict) -> str:
     """One phrase for the whole report: "not drawn" (some person's photo was never drawn by the pretrained
-    generator: nothing about forgetting them can be claimed), "robust", "forgotten" or "not forgotten"."""
+    generator: nothing about forgetting them can be claimed), "not found" (the generator draws them, but the run's
+    w_u is someone else), "robust", "forgotten" or "not forgotten"."""
     if any(r.get("drawn") is False for r in report["identities"]):
         return "not drawn"
+    if any(r.get("found") is False for r in report["identities"]):
+        return "not found"
     if report["levels"].get("robust"):
         return "robust"
     return "forgotten" if report["levels"]["forgotten"] else "not forgotten"
 
 
 def not_drawn_line(report: dict) -> str | None:
-    """The not-drawn verdict in words, or None when every person was drawn (or it could not be told)."""
+    """The not-drawn (or not-found) verdict in words, or None when every person was drawn and found (or it could
+    not be told)."""
     rows = [(k, r) for k, r in enumerate(report["identities"]) if r.get("drawn") is False]
     if not rows:
-        return None
+        missed = [(k, r) for k, r in enumerate(report["identities"]) if r.get("found") is False]
+        if not missed:
+            return None
+        k, r = missed[0]
+        who = "this person" if report.get("n_identities", 1) == 1 else \
+            f"{len(missed)} of the people (#{k}: {r.get('key')})"
+        return (f"NOT FOUND: the pretrained generator draws {who} (its attack came "
+                f"{r['photo_judge_dist_pretrained_attack']:.3f} from the photo to the judge), but the run's w_u is "
+                f"someone else ({r['photo_judge_dist_at_w_u']:.3f}; same person below {r['drawn_line']:.3f}): it "
+                f"forgot another face, and no forgetting of this person is claimed. Unlearn again with more "
+                f"--invert-steps, or a clearer photo")
     k, r = rows[0]
     who = "this person" if report.get("n_identities", 1) == 1 else f"{len(rows)} of the people (#{k}: {r.get('key')})"
     best = min(v for v in (r.get("photo_judge_dist_at_w_u"), r.get("photo_judge_dist_pretrained_attack")) if v is not None)
@@ -292,7 +311,8 @@ def summary_rows(report: dict) -> list[tuple]:
             ("embedding Frechet distance (not FID)", p["fd_embedding"], p["judge_fd_embedding"])]
     if i.get("photo_judge_dist_at_w_u") is not None:  # a photo identity: did the pretrained generator draw them?
         rows += [("photo to the pretrained face at w_u", None, i["photo_judge_dist_at_w_u"]),
-                 ("  drawn before unlearning (below strangers' p1)", None, i["drawn"])]
+                 ("  w_u is the person (below strangers' p1)", None, i.get("found")),
+                 ("  drawn before unlearning (w_u or the attack)", None, i["drawn"])]
     if "attack" in report:
         a = report["attack"]
         how = f"{a['starts']} starts x {a['steps']} steps" + (", no identity term" if a.get("loss") == "pixel" else "")

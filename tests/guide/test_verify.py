@@ -226,3 +226,20 @@ def test_a_face_the_generator_never_drew_is_not_drawn_not_forgotten(generator, t
     assert second["drawn"] is False and second["photo_judge_dist_at_w_u"] >= second["drawn_line"]
     assert report["outcome"] == "not drawn" and report["levels"]["forgotten"] is False
     assert report["worst_identity"] == 1 and "NOT DRAWN" in (run / "report.html").read_text()
+
+
+def test_a_run_whose_w_u_is_not_the_person_claims_no_forgetting():
+    """A photo the generator draws (its pretrained attack comes within the judge's line) but whose inversion
+    missed the person (w_u's face past the line; the bench met one: JPEG quality 40, judge 0.785 at w_u, dlib
+    0.215, the attack 0.555): forgetting w_u is forgetting someone else, and the outcome says 'not found'."""
+    from guide_engine.guide.verify import not_drawn_line, outcome
+
+    row = {"forgotten": True, "attack": {"robust": False}, "key": "photo:x", "drawn": True, "found": False,
+           "photo_judge_dist_at_w_u": 0.785, "photo_judge_dist_pretrained_attack": 0.555, "drawn_line": 0.564}
+    kept = {"same_person_frac": 1.0}
+    assert metrics.verdict([row], kept, True)["forgotten"] is False
+    assert metrics.verdict([{**row, "found": True}], kept, True)["forgotten"] is True
+    assert metrics.verdict([{**row, "found": None, "drawn": None}], kept, True)["forgotten"] is True  # old reports
+    report = {"identities": [row], "levels": metrics.verdict([row], kept, True), "n_identities": 1}
+    assert outcome(report) == "not found" and "NOT FOUND" in not_drawn_line(report)
+    assert outcome({**report, "identities": [{**row, "drawn": False}]}) == "not drawn"
