@@ -15,8 +15,10 @@ embedding of base samples subtracted).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from guide_engine.engine.sampling import in_batches, seeded_rng, synthesis_batch
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
-CALIB_VERSION = 2  # 2: quantiles at every 0.1% (p0.1, p1 and "closer than X% of strangers")
+CALIB_VERSION = 3  # 2: quantiles at every 0.1% (p0.1, p1, "closer than X% of strangers"); 3: its own content hash
 PRESERVE_SEED0 = 2_000_000
 MIN_KEPT = 0.95
 
@@ -58,7 +60,14 @@ def calibrate(generator, net, base_sha: str) -> dict:
     """Strangers' distance distribution in the network's own distance, cached in $GUIDE_ENGINE_HOME/calibration/."""
     path = calibration_path(generator, net, base_sha)
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            calib = json.loads(path.read_text())
+            if calib.pop("content_sha256", None) == _content_sha256(calib):
+                return calib
+        except (OSError, ValueError, AttributeError):
+            pass
+        print(f"note: {path} is damaged or was edited (its content hash does not match); calibrating again",
+              file=sys.stderr)
     w = generator.latents_for_seeds(CALIB_SEEDS)
     with seeded_rng(CALIB_SEEDS[0], w.device):  # EG3D's ray samples: the same calibration on every machine
         d = _descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
@@ -78,8 +87,13 @@ def calibrate(generator, net, base_sha: str) -> dict:
                  None if net.threshold is None else (dist < net.threshold).float().mean().item(),
              "quantiles": [round(q, 6) for q in quantiles.tolist()],
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
-    zoo.write_json(path, calib)
+    zoo.write_json(path, {**calib, "content_sha256": _content_sha256(calib)})
     return calib
+
+
+def _content_sha256(calib: dict) -> str:
+    """The calibration's own hash, stored in its file: a file damaged or edited on disk is calibrated again."""
+    return hashlib.sha256(json.dumps(calib, sort_keys=True).encode()).hexdigest()
 
 
 def strangers(calib: dict) -> dict:

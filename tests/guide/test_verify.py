@@ -243,3 +243,22 @@ def test_a_run_whose_w_u_is_not_the_person_claims_no_forgetting():
     report = {"identities": [row], "levels": metrics.verdict([row], kept, True), "n_identities": 1}
     assert outcome(report) == "not found" and "NOT FOUND" in not_drawn_line(report)
     assert outcome({**report, "identities": [{**row, "drawn": False}]}) == "not drawn"
+
+
+@pytest.mark.slow
+def test_a_damaged_or_edited_calibration_is_made_again(generator, identity, tmp_path, monkeypatch, capsys):
+    """The calibration cache sets every threshold verify decides by; an edited file used to be read as it was.
+    It now carries its own content hash, and a file that does not match (edited numbers, or not JSON) is
+    calibrated again."""
+    monkeypatch.setenv("GUIDE_ENGINE_HOME", str(tmp_path / "home"))
+    sha = state_sha256(generator)
+    first = metrics.calibrate(generator, identity, sha)
+    path = metrics.calibration_path(generator, identity, sha)
+    edited = json.loads(path.read_text())
+    edited["strangers_dist_median"] = 9.0  # a looser forgotten line
+    path.write_text(json.dumps(edited))
+    assert metrics.calibrate(generator, identity, sha)["strangers_dist_median"] == first["strangers_dist_median"]
+    assert "calibrating again" in capsys.readouterr().err
+    path.write_text("{not json")
+    assert metrics.calibrate(generator, identity, sha)["strangers_dist_p1"] == first["strangers_dist_p1"]
+    assert metrics.calibrate(generator, identity, sha) == first  # read back from the file it wrote
