@@ -33,8 +33,9 @@ VERIFY_SEED = 20_240_617  # the global RNG while verify measures (EG3D's ray sam
 
 
 def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...],
-                  folders: tuple[Path, ...] = ()) -> list[tuple[torch.Tensor, str]]:
-    """What the attacker holds, per ledger identity => [(photo (1, 3, H, W), how it was obtained)]. A photo
+                  folders: tuple[Path, ...] = ()) -> list[tuple[torch.Tensor, str, bool]]:
+    """What the attacker holds, per ledger identity => [(photo (1, 3, H, W), how it was obtained, whether it is
+    the person's own photo rather than the pretrained image of w_u)]. A photo
     identity: its photo when given (matched by its SHA-256; its face found and aligned again as the run did),
     else the aligned crop the run kept (aligned.png, looked for in `folders`); a seed identity, or a photo run
     from before aligned crops were kept: the pretrained image of w_u (`how` says which)."""
@@ -52,24 +53,24 @@ def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...],
         how = e.get("latent", {})
         if how.get("photo_sha256") in by_sha:
             face = load_face(by_sha[how["photo_sha256"]], G_s, face=(how.get("face") or {}).get("face"))
-            out.append((face.image, "the run's photo"))
+            out.append((face.image, "the run's photo", True))
             continue
         kept = next((f / how["aligned"] for f in folders if how.get("aligned") and (f / how["aligned"]).is_file()), None)
         if kept is not None:
             from guide_engine.engine.images import load_png
 
-            out.append((load_png(kept, G_s.resolution), f"the run's aligned photo ({how['aligned']})"))
+            out.append((load_png(kept, G_s.resolution), f"the run's aligned photo ({how['aligned']})", True))
             continue
         with torch.no_grad():
             photo = G_s.synthesize(w_u[i:i + 1])
         why = "(the run's photo was not given: --image PHOTO attacks with it)" if how.get("source") == "inversion" \
             else "(seed run)"
-        out.append((photo, f"pretrained image of w_u {why}"))
+        out.append((photo, f"pretrained image of w_u {why}", False))
     return out
 
 
 def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tensor, source: str | None, how: str,
-                  attack: dict | None) -> dict:
+                  own_photo: bool, attack: dict | None) -> dict:
     """Did the pretrained generator draw the person in the photo before unlearning? Under the judge (which no
     loss, target choice or attacker saw): the photo against the pretrained face at w_u and, when the attack ran,
     the pretrained generator's best attack face; `drawn` when either comes within the strangers' p1. A seed
@@ -79,7 +80,7 @@ def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tenso
     own result the person while the judge does not)."""
     if source == "seed":
         return {"drawn": True, "found": True, "drawn_by": "seed"}
-    if how.startswith("pretrained image of w_u"):  # the person's photo is not at hand
+    if not own_photo:  # the person's photo is not at hand
         return {"drawn": None, "found": None, "drawn_by": how}
     line = judge.calib["strangers_dist_p1"]
     at_w_u = judge.dist(judge.desc(x_pre), judge.desc(photo)).item()
@@ -146,14 +147,14 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
             row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
                                                  infer_view=G_u.synthesize if views else None)
             row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
-            photo, target = photos[i]
+            photo, target, own_photo = photos[i]
             if reinversion:
                 found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
                 row["attack"] = found["figures"]
                 row.update(found["legacy"])
                 attack_images.append(found["images"])
             row.update(drawn_figures(jdg, photo, pics["x_pre"], entry.get("latent", {}).get("source"), target,
-                                     row.get("attack")))
+                                     own_photo, row.get("attack")))
             rows.append(row)
             pictures.append({key: x.cpu() for key, x in pics.items()})
         preservation, random_faces = metrics.preservation_figures(G_s, infer, train, jdg, n_preserve)
