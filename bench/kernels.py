@@ -92,9 +92,9 @@ def cases(device: str, sizes=(5, 32, 256, 4096)):
 
 def main(quick: bool = False, device: str | None = None) -> list[dict]:
     """quick: N up to 256, 10 repeats, no torch.compile (the CPU test); else N up to 4096, compiled references too.
-    device: cpu or cuda (default: engine.sampling.default_device)."""
+    device: cpu or cuda (default: engine.runtime.default_device)."""
     from guide_engine.bench.peak import bandwidth
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
 
     device = default_device(device).split(":")[0]
     reps = 10 if quick else 100

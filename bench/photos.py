@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from guide_engine.engine import files
 
 
 def generator_face(generator, seed: int) -> np.ndarray:
@@ -125,7 +126,7 @@ def main(argv=None) -> None:
     from guide_engine.engine.images import parse_seeds
     from guide_engine.engine.models import zoo
     from guide_engine.guide.invert import invert
-    from guide_engine.guide.job import state_sha256
+    from guide_engine.engine.files import state_sha256
     from guide_engine.guide.metrics import calibrate
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -176,7 +177,7 @@ def main(argv=None) -> None:
                        verify_s=round(time.perf_counter() - t1, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        zoo.write_json(out / "rows.json", rows)
+        files.write_json(out / "rows.json", rows)
 
 
 if __name__ == "__main__":

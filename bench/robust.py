@@ -25,6 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import click
+from guide_engine.engine import files
 
 GUIDE = "guide"  # the variant without the robust mode
 ITERS = 400  # a variant's iterations unless it names iters=
@@ -163,8 +164,7 @@ def table(summary: list[dict]) -> str:
 def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserve, out):
     from guide_engine.engine.errors import GuideEngineError
     from guide_engine.engine.images import parse_seeds
-    from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
 
     try:
         device = default_device(device)
@@ -211,7 +211,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserv
                        f"{row['attack_judge']:.3f} / {row['attack_train']:.3f}, kept {row['kept']:.1%}", err=True)
     wanted = {(name, s) for name, _ in grid for s in seed_list}
     summary = summarise([r for r in done if r["attack"] == tag and (r["variant"], r["seed"]) in wanted])
-    zoo.write_json(root / "summary.json", summary)
+    files.write_json(root / "summary.json", summary)
     click.echo(f"attack {tag}; seeds {seeds}\n" + table(summary))
 
 

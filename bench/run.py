@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.bench.peak import measured_matmul, theoretical
+from guide_engine.bench.peak import at_least_measured, measured_matmul, theoretical
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.models.zoo import atomic_write, write_json
+from guide_engine.engine.files import atomic_write, write_json
 
 ALL_BACKENDS = ("torch", "torch-compile", "torch-cudagraph", "onnxruntime", "tensorrt")
 
@@ -81,7 +81,7 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
         else:
             sampling.append(res)
     iters = unlearn_iters or (5 if quick else 30)
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
 
     device = default_device().split(":")[0]
     unlearning = _subprocess_json(["guide_engine.bench.unlearning", str(iters), device], 1800)
@@ -89,8 +89,9 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
     # the sampling backends compute in fp32; on CUDA, cuDNN runs fp32 convolutions on the TF32 tensor
     # cores unless told not to, so the bound is the TF32 peak there
     precision = "tf32" if device == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
-    peak = peaks.get(precision)
     measured = measured_matmul(device)
+    peaks = at_least_measured(peaks, precision, measured)
+    peak = peaks.get(precision)
     eager = {r["batch"]: r["images_per_s"] for s in sampling if s["backend"] == "torch" for r in s["rows"]}
     for s in sampling:
         for r in s["rows"]:

@@ -57,7 +57,8 @@ def make_infer(backend: str, generator, max_batch: int):
 
 
 def measure(backend: str, source: str, batches: list[int], repeats: int, min_time: float = 0.3) -> dict:
-    from guide_engine.engine.sampling import default_device, load_generator_source
+    from guide_engine.engine.sampling import load_generator_source
+    from guide_engine.engine.runtime import default_device
 
     # TensorRT needs CUDA; ONNX Runtime picks its own providers; the torch backends run where the engine would
     on_gpu = backend == "tensorrt" or (backend != "onnxruntime" and default_device().startswith("cuda"))

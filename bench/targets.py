@@ -23,8 +23,8 @@ import torch
 @torch.no_grad()
 def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "dlib-resnet-v1") -> dict:
     from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import in_batches
-    from guide_engine.guide.job import state_sha256
+    from guide_engine.engine.runtime import in_batches
+    from guide_engine.engine.files import state_sha256
     from guide_engine.guide.metrics import calibrate
     from guide_engine.guide.target import image_distances, typical_radius, ufo_candidates
 

@@ -41,7 +41,8 @@ def measure(iters: int, device: str = "cpu") -> dict:
     from guide_engine.engine.models import zoo
     import dataclasses
 
-    from guide_engine.guide.job import DEFAULT_PRECISION, state_sha256
+    from guide_engine.guide.job import DEFAULT_PRECISION
+    from guide_engine.engine.files import state_sha256
     from guide_engine.guide.metrics import calibrate, quantile
     from guide_engine.guide.robust import RobustConfig
     from guide_engine.guide.target import ufo_target

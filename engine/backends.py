@@ -226,7 +226,7 @@ def _source_torch_runner(manifest: dict) -> Runner:
     """The export's source run in PyTorch, when it is still where the export found it."""
     from guide_engine.engine.sampling import load_generator_source
 
-    from guide_engine.engine.models.zoo import sha256_file
+    from guide_engine.engine.files import sha256_file
 
     src = Path(manifest["source"])
     if not src.is_dir():

@@ -173,7 +173,7 @@ def unlearn(seed, seeds, images, face, images_dir, out, generator, iters, identi
     """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
     request after another (--generator RUN_DIR)."""
     from guide_engine.engine.images import parse_seeds
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
     from guide_engine.guide.job import DEFAULT_PRECISION, JobConfig, collect_sources, unlearn_job
     from guide_engine.guide.robust import RobustConfig
 
@@ -264,7 +264,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     from guide_engine.engine.errors import CheckFailed
     from guide_engine.guide.attack import AttackConfig
     from guide_engine.guide.job import DEFAULT_PRECISION
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
     from guide_engine.guide.verify import summary_table, verify_run
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.models.zoo import atomic_write
+from guide_engine.engine.files import atomic_write
 
 LINE_H = 12  # pixels per line of PIL's default font
 

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from guide_engine.engine.errors import IntegrityError
-from guide_engine.engine.models.zoo import sha256_file
+from guide_engine.engine.files import sha256_file
 
 KEY_ENV = "GUIDE_ENGINE_SIGNING_KEY"
 

@@ -1,9 +1,6 @@
 """Sampling: a generator source (model name, unlearn run directory, export directory) => images."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,35 +8,10 @@ import torch
 
 from guide_engine.engine.models import nvlabs, zoo
 from guide_engine.engine.errors import GuideEngineError
-
-
-def default_device(device: str | None = None) -> str:
-    """An explicit --device; else $GUIDE_ENGINE_DEVICE (the test suite pins it to cpu, so a CUDA host runs
-    the CPU tests as CI does); else cuda when present."""
-    device = device or os.environ.get("GUIDE_ENGINE_DEVICE") or None
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise GuideEngineError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int, device: torch.device | str):
-    """The global RNG seeded for a block, and restored after it. Generators that draw random numbers inside
-    (EG3D's stratified ray samples) draw them from the global RNG: seeded, they draw the same ones in every
-    run and after a resume."""
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GuideEngineError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+from guide_engine.engine import files
+from guide_engine.engine.files import read_json
+from guide_engine.engine.rng import seeded_rng
+from guide_engine.engine.runtime import default_device, in_batches
 
 
 def load_generator_source(source: str | Path, device: str | None = None):
@@ -89,26 +61,6 @@ def check_report_beside(source: Path, verified: dict | None) -> None:
     report = source / "report.json"
     if verified is not None and report.is_file():
         integrity.check_report(read_json(report), verified, report)
-
-
-def synthesis_batch(generator) -> int:
-    """How many images one no-grad synthesis call may draw: 64 at 64x64 px, fewer as images grow (4 at
-    512 px: EG3D's renderer and super-resolution at batch 64 would need far more than a GPU holds)."""
-    return max(1, min(64, 64 * 64 * 64 * 4 // generator.resolution ** 2))
-
-
-@torch.no_grad()
-def in_batches(fn, x, batch: int = 64, desc: str | None = None) -> torch.Tensor:
-    """fn over x (a tensor or a list) in chunks of `batch` rows, concatenated: bounded peak memory inside fn;
-    `desc`: a progress bar with that label."""
-    from guide_engine.engine.progress import bar
-
-    parts = []
-    with bar(len(x), desc or "", enabled=desc is not None, leave=False) as shown:
-        for i in range(0, len(x), batch):
-            parts.append(fn(x[i:i + batch]))
-            shown.update(len(parts[-1]))
-    return torch.cat(parts)
 
 
 def resolve_backend(source: str | Path, backend: str) -> str:
@@ -189,7 +141,7 @@ def sample_to_file(source: str, seeds: str, out: str | Path, backend: str = "aut
             with open(tmp, "wb") as f:
                 np.save(f, images.numpy().astype(np.float32))
 
-        zoo.atomic_write(out, write_npy)
+        files.atomic_write(out, write_npy)
     else:
         save_grid(images, out, nrow=min(8, len(seed_list)), scale=2)
     return len(seed_list), 0

@@ -201,7 +201,8 @@ def load_service(source: Path, cfg: ServeConfig):
     against their records before they are used, and the report against the files (engine/integrity.py)."""
     from guide_engine.engine import integrity
     from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import load_generator_source, read_json, resolve_backend
+    from guide_engine.engine.sampling import load_generator_source, resolve_backend
+    from guide_engine.engine.files import read_json
 
     source = Path(source)
     if not source.is_dir():
@@ -269,7 +270,7 @@ def _make_guard(source: Path, base, report):
     strangers' 1st percentile (calibrated on the base generator, cached)."""
     from guide_engine.engine.models import zoo
     from guide_engine.guide import ledger
-    from guide_engine.guide.job import state_sha256
+    from guide_engine.engine.files import state_sha256
     from guide_engine.guide.metrics import calibrate
 
     try:

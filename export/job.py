@@ -17,7 +17,7 @@ import torch
 from guide_engine.engine import __version__
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.engine.sampling import load_generator_source
-from guide_engine.engine.models.zoo import sha256_file, write_json
+from guide_engine.engine.files import sha256_file, write_json
 from guide_engine.export.onnx import OPSET, export_onnx
 from guide_engine.export.parity import compare
 from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_throughput

@@ -33,13 +33,14 @@ import torch
 from guide_engine.engine import __version__
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import nvlabs, zoo
-from guide_engine.engine.sampling import read_json
+from guide_engine.engine.files import read_json, state_sha256
 from guide_engine.guide import distributed, ledger
 from guide_engine.guide.losses import feature_perceptual_name
 from guide_engine.guide.robust import RobustConfig
 from guide_engine.guide.target import (NEIGHBOR_RADIUS_REL, identity_distances, latents_around, resolve_distance,
                                        search_ufo_target, typical_radius, ufo_target)
 from guide_engine.guide.unlearn import ALL_LOSSES, UnlearnConfig, pretrained_photos, run_unlearning
+from guide_engine.engine import files
 
 DEFAULT_D_REL = 1.0  # d = r: the target sits on the prior's typical shell, opposite the identity
 ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as a ratio
@@ -50,14 +51,6 @@ PUSH_WEIGHT = 1.0  # --push-past: the term's weight, and its margin relative to 
 PUSH_MARGIN_REL = 1.85  # under the training network (dlib: 1.85 x 0.543 = 1.00, past every stranger pair's 0.81)
 DEFAULT_PRECISION = "fp32"  # of the networks' passes in the loop, the inversion and the attack (README: measured)
 UPDATES_PER_IDENTITY = 200  # with many: iterations in which each identity is drawn, on average (measured: README)
-
-
-def state_sha256(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def default_iters(n_identities: int, per_iter: int) -> int:
@@ -408,8 +401,8 @@ def _unlearn_job(job: JobConfig, progress: bool, stop_after: int | None) -> Path
             check_same_config(partial, cfg)
         partial.mkdir(parents=True, exist_ok=True)
         keep_aligned_photos(book, partial, continued, photos, n_before)
-        zoo.write_json(partial / ledger.LEDGER, book)
-        zoo.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
+        files.write_json(partial / ledger.LEDGER, book)
+        files.write_json(partial / "config.json", {**dataclasses.asdict(cfg), "job": {
             "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
             "identities_trained": len(w_u), "ranks": distributed.world()}})
     distributed.barrier()
@@ -425,15 +418,15 @@ def _unlearn_job(job: JobConfig, progress: bool, stop_after: int | None) -> Path
 
     from safetensors.torch import save_file
 
-    zoo.atomic_write(partial / "generator.safetensors",
+    files.atomic_write(partial / "generator.safetensors",
                      lambda tmp: save_file({k: v.contiguous() for k, v in G_u.state_dict().items()}, str(tmp)))
     if base_name.startswith(nvlabs.PREFIX):  # also in the user's own format, for their NVlabs tools
         nvlabs.save_pickle(G_u, partial / "generator.pkl")
-    zoo.write_json(partial / "manifest.json", {
+    files.write_json(partial / "manifest.json", {
         "engine_version": __version__, "generator": base_name, "identity_network": job.identity,
         "base_sha256": base_sha, "result_sha256": state_sha256(G_u),
         "identities": [e["identity_hash"] for e in book["identities"]],
-        "files": {name: zoo.sha256_file(partial / name)
+        "files": {name: files.sha256_file(partial / name)
                   for name in ("generator.safetensors", ledger.LEDGER, *aligned_files(book))},
         "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": {"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.sampling import read_json
+from guide_engine.engine.files import read_json
 
 LEDGER = "identities.json"
 LEGACY = "identity.json"  # one identity per run, before the ledger

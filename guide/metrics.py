@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from guide_engine.engine.models import zoo
-from guide_engine.engine.sampling import in_batches, seeded_rng, synthesis_batch
+from guide_engine.engine.runtime import in_batches, synthesis_batch
+from guide_engine.engine.rng import seeded_rng
 from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
+from guide_engine.engine import files
 
 CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
 CALIB_VERSION = 3  # 2: quantiles at every 0.1% (p0.1, p1, "closer than X% of strangers"); 3: its own content hash
@@ -87,7 +89,7 @@ def calibrate(generator, net, base_sha: str) -> dict:
                  None if net.threshold is None else (dist < net.threshold).float().mean().item(),
              "quantiles": [round(q, 6) for q in quantiles.tolist()],
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
-    zoo.write_json(path, {**calib, "content_sha256": _content_sha256(calib)})
+    files.write_json(path, {**calib, "content_sha256": _content_sha256(calib)})
     return calib
 
 

@@ -72,7 +72,7 @@ def render(report: dict, run: Path) -> str:
 
 
 def write(report: dict, run: Path) -> Path:
-    from guide_engine.engine.models.zoo import atomic_write
+    from guide_engine.engine.files import atomic_write
 
     page = render(report, run)
     atomic_write(run / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))

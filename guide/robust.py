@@ -20,7 +20,7 @@ diffusion models:
 
 The margin is a quantile of the strangers' distances under the training network, calibrated on the base
 generator (guide/metrics.py), so it means the same for dlib and for ArcFace.
-Randomness: the re-seeded latents come from torch.Generator(seed * 1_000_003 + iteration + RESEED_OFFSET);
+Randomness: the re-seeded latents come from stream(seed, iteration, RESEED_OFFSET) (engine/rng.py);
 the pool and its optimiser state live in the checkpoint, so resumed runs repeat bit for bit.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from guide_engine.engine.rng import stream
 from guide_engine.guide.invert import inversion_loss
 from guide_engine.guide.losses import feature_distance, pair_terms
 
@@ -83,7 +84,7 @@ class Attacker:
         with torch.no_grad():
             self.feats_x, self.desc_x = identity_net.features(photo)
         self.sample = G_s.sample_latents
-        w0 = G_s.sample_latents(cfg.pool, torch.Generator().manual_seed(seed * 1_000_003 + RESEED_OFFSET - 1))
+        w0 = G_s.sample_latents(cfg.pool, stream(seed, -1, RESEED_OFFSET))
         self.w = w0.detach().clone().requires_grad_(True)
         self.opt = torch.optim.Adam([self.w], lr=cfg.lr)
         self.bank = w0[:0].detach().clone()  # where re-seeded members ended: the defence's memory
@@ -101,7 +102,7 @@ class Attacker:
                     k = ((it + 1) // self.cfg.reseed_every - 1) % self.cfg.pool
                 else:
                     k = int(self.distance(G_u.synthesize(self.w)).argmax())
-                rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + RESEED_OFFSET)
+                rng = stream(self.seed, it, RESEED_OFFSET)
                 if self.cfg.replay:
                     self.bank = torch.cat([self.bank, self.w[k:k + 1].detach()])[-self.cfg.bank_size:]
                 self.w[k] = self.sample(1, rng)[0]
@@ -119,11 +120,11 @@ class Attacker:
         (the pool, and `replay` latents drawn from the bank), plus `preserve` extra random latents kept at G_s."""
         w = self.w.detach()
         if self.cfg.replay and len(self.bank):
-            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + REPLAY_OFFSET)
+            rng = stream(self.seed, it, REPLAY_OFFSET)
             w = torch.cat([w, self.bank[torch.randint(len(self.bank), (self.cfg.replay,), generator=rng)]])
         m = len(w)  # hinged rows
         if self.cfg.preserve:
-            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + it + PRESERVE_OFFSET)
+            rng = stream(self.seed, it, PRESERVE_OFFSET)
             w = torch.cat([w, self.sample(self.cfg.preserve, rng)])
         x_u = G_u.synthesize(w)
         feats_u, desc_u = self.net.features(x_u)

@@ -6,7 +6,7 @@ N_adj adjacency pairs, plus N_glob global latents; all latents of one side go th
 generator call (one identity: local + adjacency + global = 5 latents per side), so an iteration costs
 the same whatever N is. The `reference_loop` mode keeps the official code's structure (one generator
 call per latent, losses computed pair by pair) for timing; both compute the same mathematics.
-Randomness of iteration i comes from torch.Generator(seed * 1_000_003 + i) (the identities drawn, from
+Randomness of iteration i comes from stream(seed, i) (engine/rng.py) (the identities drawn, from
 their own stream), and the global RNG is seeded the same way during the iteration (EG3D samples rays
 with it): resuming needs no RNG state.
 """
@@ -24,7 +24,7 @@ import torch
 
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.progress import bar
-from guide_engine.engine.sampling import seeded_rng
+from guide_engine.engine.rng import seeded_rng, stream, stream_seed
 from guide_engine.engine.precision import check as check_precision
 from guide_engine.guide import distributed
 from guide_engine.guide.history import History
@@ -34,7 +34,7 @@ from guide_engine.kernels import latent_adjacency
 
 ALL_LOSSES = ("local", "adj", "glob")
 MAX_ITERS = 200_000  # --iters beyond this is refused: a typo, not a run (at 0.35 s/iter on the CPU, 19 hours)
-IDENTITY_STREAM = 300_007  # the identities an iteration trains come from seed * 1_000_003 + it + this
+IDENTITY_STREAM = 300_007  # the identities an iteration trains come from the stream stream(seed, it, this)
 ATTACKER_SEED = 7_919  # identity i's attacker pool is seeded with seed + ATTACKER_SEED * i
 
 
@@ -98,7 +98,7 @@ def identity_batch(n: int, b: int, seed: int, it: int) -> torch.Tensor:
     else b drawn without replacement, a function of (seed, it) alone."""
     if n <= b:
         return torch.arange(n)
-    rng = torch.Generator().manual_seed(seed * 1_000_003 + it + IDENTITY_STREAM)
+    rng = stream(seed, it, IDENTITY_STREAM)
     return torch.randperm(n, generator=rng)[:b].sort().values
 
 
@@ -127,7 +127,7 @@ def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
     """w_u, w_t (N, *S) => iteration `it`'s Batch. Constants. GUIDE-SPEC section 3, per identity."""
     ids = identity_batch(len(w_u), cfg.identities_per_iter, cfg.seed, it).to(w_u.device)
     b = len(ids)
-    rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+    rng = stream(cfg.seed, it)
     w_r = G_s.sample_latents(b * cfg.n_adj + cfg.n_glob, rng)
     alpha = (torch.rand(b * cfg.n_adj, generator=rng) * cfg.alpha_max).to(w_u.device)
     own_u, own_t = w_u[ids].repeat_interleave(cfg.n_adj, 0), w_t[ids].repeat_interleave(cfg.n_adj, 0)
@@ -244,12 +244,12 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
 def pretrained_photos(G_s, w_u: torch.Tensor, seed: int) -> torch.Tensor:
     """(N, *S) => (N, 3, H, W) what G_s draws at each w_u, the same in every run with this seed: what the robust
     mode's attackers invert for identities given as seeds."""
-    with seeded_rng(seed * 1_000_003 - 1, w_u.device):
+    with seeded_rng(stream_seed(seed, -1), w_u.device):
         return G_s.synthesize(w_u)
 
 
 def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -> None:
-    from guide_engine.engine.models.zoo import atomic_write
+    from guide_engine.engine.files import atomic_write
 
     state = {"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict(),
              "attackers": [a.state_dict() for a in attackers]}
@@ -328,7 +328,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         opt.zero_grad(set_to_none=True)
         # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
-        with seeded_rng(cfg.seed * 1_000_003 + it, w_u.device):
+        with seeded_rng(stream_seed(cfg.seed, it), w_u.device):
             drawn = [attackers[i] for i in batch.ids.tolist()] if attackers else []
             for a in drawn:
                 a.advance(G_u, it)  # the attackers move first, against the current G_u

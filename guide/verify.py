@@ -22,11 +22,14 @@ import torch
 from guide_engine.engine import __version__, integrity
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import zoo
-from guide_engine.engine.sampling import load_generator_source, read_json, seeded_rng
+from guide_engine.engine.sampling import load_generator_source
+from guide_engine.engine.files import read_json
+from guide_engine.engine.rng import seeded_rng
 from guide_engine.guide import ledger, metrics
 from guide_engine.guide.attack import AttackConfig
-from guide_engine.guide.job import state_sha256
+from guide_engine.engine.files import state_sha256
 from guide_engine.guide.target import typical_radius
+from guide_engine.engine import files
 
 LEVELS = ("forgotten", "robust")
 VERIFY_SEED = 20_240_617  # the global RNG while verify measures (EG3D's ray samples)
@@ -183,7 +186,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
             report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
                                 "n_identities": n_targets, "network": judge_net.name}
     report = integrity.sign(report)  # with GUIDE_ENGINE_SIGNING_KEY set: an HMAC the operator can check
-    zoo.write_json(run / "report.json", report)
+    files.write_json(run / "report.json", report)
     save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None, run / "report.png")
     from guide_engine.guide import report_html  # imports this module: imported here, not at the top
 

@@ -116,7 +116,7 @@ def save_pickle(adapter: "NVlabsGenerator", path: Path) -> None:
     `legacy.load_network_pkl`, which wants G, D and G_ema, still loads it) with G_ema *and* G replaced by
     the unlearned module; G is the raw training generator and still knows the identity. Other entries
     (D, augment_pipe, training_set_kwargs) are kept. Written to a temp name and renamed."""
-    from guide_engine.engine.models.zoo import atomic_write
+    from guide_engine.engine.files import atomic_write
 
     data, _ = load_pickle(adapter.name[len(PREFIX):])
     G = copy.deepcopy(adapter.G).eval().requires_grad_(False).cpu()

@@ -9,7 +9,6 @@ Cache: $GUIDE_ENGINE_HOME (default ~/.cache/guide-engine)/models/<name>/<file>.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.files import atomic_write, sha256_file
 
 
 @dataclass(frozen=True)
@@ -102,47 +102,10 @@ def cached_path(spec: ModelSpec) -> Path:
     return cache_home() / "models" / spec.name / spec.filename
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def is_cached(spec: ModelSpec) -> bool:
     """True when the cached file exists and its SHA-256 is the pinned one."""
     path = cached_path(spec)
     return path.is_file() and path.stat().st_size == spec.member_size and sha256_file(path) == spec.member_sha256
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file.
-    The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600: a server running
-    as another user reads a run or an export as it would read any file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    """obj => indented JSON at `path`, written atomically."""
-    import json
-
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def pip_download(requirement: str, dest: Path) -> Path:

@@ -51,7 +51,7 @@ def test_default_device_follows_the_environment(monkeypatch):
     import torch
 
     from guide_engine.engine.errors import GuideEngineError
-    from guide_engine.engine.sampling import default_device
+    from guide_engine.engine.runtime import default_device
 
     monkeypatch.setenv("GUIDE_ENGINE_DEVICE", "cpu")
     assert default_device() == "cpu" and default_device("cpu") == "cpu"
@@ -104,7 +104,7 @@ def test_written_files_follow_the_umask(tmp_path):
     """Runs and exports are read by servers running as other users: 0666 less the umask, not mkstemp's 0600."""
     import os
 
-    from guide_engine.engine.models.zoo import write_json
+    from guide_engine.engine.files import write_json
 
     old = os.umask(0o022)
     try:

@@ -176,7 +176,8 @@ def test_cli_tiny_run(tmp_path, generator):
 
 
 def test_cli_push_past_resolves_its_margin_from_the_calibration(tmp_path, generator, identity):
-    from guide_engine.guide.job import PUSH_MARGIN_REL, state_sha256
+    from guide_engine.guide.job import PUSH_MARGIN_REL
+    from guide_engine.engine.files import state_sha256
     from guide_engine.guide.metrics import calibrate
 
     out = tmp_path / "run"

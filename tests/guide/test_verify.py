@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from guide_engine.engine.cli import main
 from guide_engine.engine.models import zoo
 from guide_engine.guide import metrics
-from guide_engine.guide.job import state_sha256
+from guide_engine.engine.files import state_sha256
 
 
 @pytest.fixture(scope="module")

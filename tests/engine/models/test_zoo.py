@@ -7,6 +7,7 @@ import pytest
 
 from guide_engine.engine.models import zoo
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine import files
 
 PAYLOAD = b"pretend weights " * 1000
 
@@ -118,11 +119,11 @@ def test_damaged_dlib_port_is_converted_again(tmp_path, monkeypatch):
     mine.symlink_to(real)
     net = zoo.load_identity()
     st = zoo.dlib_safetensors_path()
-    assert st.is_file() and st.with_name(st.name + ".sha256").read_text().strip() == zoo.sha256_file(st)
+    assert st.is_file() and st.with_name(st.name + ".sha256").read_text().strip() == files.sha256_file(st)
     data = bytearray(st.read_bytes())
     data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)
     st.write_bytes(bytes(data))
     again = zoo.load_identity()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(again.descriptors(x), net.descriptors(x))
-    assert zoo.sha256_file(st) == st.with_name(st.name + ".sha256").read_text().strip()
+    assert files.sha256_file(st) == st.with_name(st.name + ".sha256").read_text().strip()

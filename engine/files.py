@@ -1,0 +1,67 @@
+"""Files the engine writes and reads: atomic writes, JSON, SHA-256 of files and of module states.
+
+Every file the engine writes goes through `atomic_write` (a temp file beside it, then a rename): a reader
+never sees a half-written file, and a crash leaves the old file or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import GuideEngineError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_sha256(module) -> str:
+    """The SHA-256 of a torch module's state dict (names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file.
+    The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600: a server running
+    as another user reads a run or an export as it would read any file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    """obj => indented JSON at `path`, written atomically."""
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file => its object; a missing or unreadable one is a one-line error naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise GuideEngineError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
