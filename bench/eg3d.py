@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..engine import rundir
+
 BURN_IN = 3
 MODES = {"batched": [], "reference_loop": ["--reference-loop"], "robust": ["--robust"]}
 
@@ -42,16 +44,17 @@ def ffhq512_generator(nvlabs_code: Path, seed: int = 0):
     G = TriPlaneGenerator(z_dim=512, c_dim=25, w_dim=512, img_resolution=512, img_channels=3, sr_num_fp16_res=4,
                           mapping_kwargs={"num_layers": 2}, rendering_kwargs=rendering, channel_base=32768,
                           channel_max=512, fused_modconv_default="inference_only", num_fp16_res=0,
-                          sr_kwargs={"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"})
+                          sr_kwargs={"channel_base": 32768, "channel_max": 512,
+                                     "fused_modconv_default": "inference_only"})
     G.neural_rendering_resolution = 128
     return G.eval().requires_grad_(False)
 
 
 def s_per_iter(run: Path, burn_in: int = BURN_IN) -> tuple[float, float, float]:
     """A run's history.csv => (median, min, max) seconds per iteration after `burn_in` iterations."""
-    from guide_engine.guide import history
+    from ..guide import history
 
-    s = [float(r["seconds"]) for r in history.read(run / "history.csv")][burn_in:]
+    s = [float(r["seconds"]) for r in history.read(run / rundir.HISTORY)][burn_in:]
     return statistics.median(s), min(s), max(s)
 
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["modes"][mode] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
             continue
         med, lo, hi = s_per_iter(run)
-        manifest = json.loads((run / "manifest.json").read_text())
+        manifest = json.loads((run / rundir.MANIFEST).read_text())
         result["modes"][mode] = {"s_per_iter": med, "min": lo, "max": hi,
                                  "peak_cuda_memory_mib": manifest.get("peak_cuda_memory_mib"),
                                  "s_per_1000_iters": 1000 * med}

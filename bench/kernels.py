@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from guide_engine.kernels import identity_distance, identity_distance_reference, latent_adjacency, latent_adjacency_reference
+from ..kernels import identity_distance, identity_distance_reference, latent_adjacency, latent_adjacency_reference
 
 
 def _time(fn, reps: int, device: str) -> float:
@@ -71,7 +71,7 @@ def cases(device: str, sizes=(5, 32, 256, 4096)):
 
             def fwd_bwd(impl, e_u=e_u, e_t=e_t):
                 if impl == "kernel":  # the bare Triton launch: loss and gradient in one pass, no autograd
-                    from guide_engine.kernels.triton_identity_distance import identity_distance_fwd
+                    from ..kernels.triton_identity_distance import identity_distance_fwd
 
                     return lambda: identity_distance_fwd(e_u.detach(), e_t)
                 f = _impl(identity_distance_reference, lambda a, b: identity_distance(a, b, impl="triton"), impl)
@@ -93,8 +93,8 @@ def cases(device: str, sizes=(5, 32, 256, 4096)):
 def main(quick: bool = False, device: str | None = None) -> list[dict]:
     """quick: N up to 256, 10 repeats, no torch.compile (the CPU test); else N up to 4096, compiled references too.
     device: cpu or cuda (default: engine.runtime.default_device)."""
-    from guide_engine.bench.peak import bandwidth
-    from guide_engine.engine.runtime import default_device
+    from ..engine.runtime import default_device
+    from .peak import bandwidth
 
     device = default_device(device).split(":")[0]
     reps = 10 if quick else 100
@@ -115,8 +115,8 @@ def main(quick: bool = False, device: str | None = None) -> list[dict]:
     print(f"peak bandwidth: {fmt(peak_bw['bytes_per_s'] and peak_bw['bytes_per_s'] / 1e9)} GB/s ({peak_bw['how']})")
     print("per call (the host's overhead included: what the loop pays) and, for the bare kernel, device time with "
           "launches queued back to back")
-    print("| case | ref eager us | ref compiled us | triton us (call) | kernel us (device) | kernel GB/s | % of peak BW |\n"
-          "|-|-|-|-|-|-|-|")
+    print("| case | ref eager us | ref compiled us | triton us (call) | kernel us (device) | kernel GB/s "
+          "| % of peak BW |\n|-|-|-|-|-|-|-|")
     for r in rows:
         pct = "-" if r["kernel_frac_of_peak_bw"] is None else f"{100 * r['kernel_frac_of_peak_bw']:.1f}"
         print(f"| {r['case']} | {fmt(r['ref_eager_us'])} | {fmt(r['ref_compiled_us'])} | {fmt(r['triton_us'])} | "

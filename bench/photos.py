@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from guide_engine.engine import files
+
+from ..engine import files, rundir
 
 
 def generator_face(generator, seed: int) -> np.ndarray:
     """The generator's face at a seed => RGB uint8 (R, R, 3)."""
-    from guide_engine.engine.images import to_uint8
+    from ..engine.images import to_uint8
 
     with torch.no_grad():
         return to_uint8(generator.synthesize(generator.latents_for_seeds([seed])))[0]
@@ -95,7 +96,7 @@ def centre_crop(photo: Path, size: int) -> torch.Tensor:
     (1, 3, size, size) in [-1, 1]."""
     from PIL import Image
 
-    from guide_engine.engine.faces import read_photo
+    from ..engine.faces import read_photo
 
     im = Image.fromarray(read_photo(photo))
     side = min(im.size)
@@ -106,7 +107,7 @@ def centre_crop(photo: Path, size: int) -> torch.Tensor:
 
 def centre_crop_figure(G, J, D, photo: Path, truth: torch.Tensor) -> float:
     """The centre crop inverted => the judge's distance between the face at that w_u and the true face."""
-    from guide_engine.guide.invert import invert
+    from ..guide.invert import invert
 
     w, _ = invert(G, D, centre_crop(photo, G.resolution), progress=False)
     with torch.no_grad():
@@ -122,12 +123,12 @@ def main(argv=None) -> None:
     import subprocess
     import time
 
-    from guide_engine.engine.faces import load_face
-    from guide_engine.engine.images import parse_seeds
-    from guide_engine.engine.models import zoo
-    from guide_engine.guide.invert import invert
-    from guide_engine.engine.files import state_sha256
-    from guide_engine.guide.metrics import calibrate
+    from ..engine.faces import load_face
+    from ..engine.files import state_sha256
+    from ..engine.images import parse_seeds
+    from ..engine.models import zoo
+    from ..guide.calibration import calibrate
+    from ..guide.invert import invert
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--seeds", default="900-907")
@@ -170,7 +171,7 @@ def main(argv=None) -> None:
             t1 = time.perf_counter()
             subprocess.run([args.cli, "verify", str(run), "--image", str(photo), "-q", "--json", "--attack-starts",
                             args.attack_starts, "--attack-steps", args.attack_steps], capture_output=True)
-            report = json.loads((run / "report.json").read_text())
+            report = json.loads((run / rundir.REPORT).read_text())
             row.update(outcome=report.get("outcome"), passed=report["passed"],
                        judge_at_w_u=report["identity"]["judge_id_dist"],
                        attack_judge_best=report["attack"]["judge_best"], unlearn_s=round(t1 - t0, 1),

@@ -25,7 +25,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import click
-from guide_engine.engine import files
+
+from ..engine import files, rundir
 
 GUIDE = "guide"  # the variant without the robust mode
 ITERS = 400  # a variant's iterations unless it names iters=
@@ -34,8 +35,8 @@ IN_LOOP_LAST = 40  # attack_in_loop: median of the pool's best distance over the
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'NAME:key=value,...' => (NAME, {field: typed value}); types from RobustConfig's defaults."""
-    from guide_engine.engine.errors import GuideEngineError
-    from guide_engine.guide.robust import RobustConfig
+    from ..engine.errors import GuideEngineError
+    from ..guide.robust import RobustConfig
 
     name, _, rest = spec.partition(":")
     if not name:
@@ -59,7 +60,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 
 def settings(name: str, overrides: dict):
     """A variant's (iterations, RobustConfig or None for GUIDE)."""
-    from guide_engine.guide.robust import RobustConfig
+    from ..guide.robust import RobustConfig
 
     kw = dict(overrides)
     iters = kw.pop("iters", ITERS)
@@ -68,12 +69,12 @@ def settings(name: str, overrides: dict):
 
 def check_reusable(run: Path, name: str, overrides: dict) -> None:
     """A finished run under OUT/runs is re-graded only if it was made with the settings asked for now."""
-    from guide_engine.engine.errors import GuideEngineError
+    from ..engine.errors import GuideEngineError
 
-    if not (run / "manifest.json").exists():
+    if not (run / rundir.MANIFEST).exists():
         return
     iters, robust = settings(name, overrides)
-    made = json.loads((run / "config.json").read_text())
+    made = json.loads((run / rundir.CONFIG).read_text())
     want, got = None if robust is None else dataclasses.asdict(robust), made.get("robust")
     same = made.get("iters") == iters and (want is None) == (got is None) and \
         (want is None or all(got.get(k) == v for k, v in want.items() if not (k == "margin" and v is None)))
@@ -88,27 +89,31 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     import torch
 
     torch.set_num_threads(1)
-    from guide_engine.guide import history
-    from guide_engine.guide.attack import AttackConfig
-    from guide_engine.guide.job import JobConfig, Source, unlearn_job
-    from guide_engine.guide.verify import verify_run
+    from ..guide import history
+    from ..guide.attack import AttackConfig
+    from ..guide.config import UnlearnConfig
+    from ..guide.identities import Source
+    from ..guide.job import unlearn_job
+    from ..guide.verify import verify_run
 
     run = Path(root) / "runs" / f"{name}_s{seed}"
-    if not (run / "manifest.json").exists():
+    if not (run / rundir.MANIFEST).exists():
         iters, robust = settings(name, overrides)
-        unlearn_job(JobConfig(out=run, sources=(Source(seed=seed),), iters=iters, device=device, robust=robust),
-                    progress=False)
+        unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust), progress=False)
     rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps, loss=loss), n_preserve=n_preserve,
                      device=device)
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = json.loads((run / rundir.MANIFEST).read_text())
     i, a, p = rep["identity"], rep["attack"], rep["preservation"]
-    in_loop = [float(h["attack_dist"]) for h in history.read(run / "history.csv")[-IN_LOOP_LAST:] if h.get("attack_dist")]
+    last = history.read(run / rundir.HISTORY)[-IN_LOOP_LAST:]
+    in_loop = [float(h["attack_dist"]) for h in last if h.get("attack_dist")]
     return {"variant": name, "seed": seed, "overrides": overrides, "attack": f"{starts}x{steps} {loss}",
             "judge_at_wu": i["judge_id_dist"], "forgotten": i["forgotten"],
             "attack_judge": a["judge_best"], "attack_train": a["train_best"],
             "robust_judge": a["judge_robust"], "robust_train": a["train_robust"],
-            "attack_train_pretrained_there": a["train_best_pretrained_there"],  # a home the loss missed if ~ attack_train
-            "kept": p["same_person_frac"], "kept_ok": p["same_person_frac"] >= rep["thresholds"]["min_same_person_frac"],
+            # a home the loss missed where this is about attack_train
+            "attack_train_pretrained_there": a["train_best_pretrained_there"],
+            "kept": p["same_person_frac"],
+            "kept_ok": p["same_person_frac"] >= rep["thresholds"]["min_same_person_frac"],
             "pixel_l1": p["pixel_l1"], "unlearn_s": manifest["timings_s"]["unlearn"],
             "attack_in_loop": statistics.median(in_loop) if in_loop else None}
 
@@ -125,7 +130,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         bar = [r["forgotten"] and r["robust_judge"] and r["robust_train"] and r["kept_ok"]
                and r["seed"] in guide and r["pixel_l1"] <= 1.5 * guide[r["seed"]]["pixel_l1"] for r in rs]
         out.append({"variant": name, "n": len(rs), "forgotten": sum(r["forgotten"] for r in rs),
-                    "robust_judge": sum(r["robust_judge"] for r in rs), "robust_train": sum(r["robust_train"] for r in rs),
+                    "robust_judge": sum(r["robust_judge"] for r in rs),
+                    "robust_train": sum(r["robust_train"] for r in rs),
                     "kept_ok": sum(r["kept_ok"] for r in rs),
                     "attack_judge_mean": statistics.mean(r["attack_judge"] for r in rs),
                     "attack_train_mean": statistics.mean(r["attack_train"] for r in rs),
@@ -146,7 +152,8 @@ def table(summary: list[dict]) -> str:
         lines.append(f"| {s['variant']} | {s['n']} | {s['forgotten']} | {s['robust_judge']} / {s['robust_train']} | "
                      f"{s['kept_ok']} | {s['attack_judge_mean']:.3f} / {s['attack_train_mean']:.3f} | "
                      f"{n(s['in_loop_median'], '.3f')} | {s['kept_min']:.1%} | {s['pixel_l1_mean']:.4f} | "
-                     f"{n(s['l1_vs_guide_max'], '.2f')} | {n(s['wall_vs_guide_median'], '.2f')} | {s['bar_but_time']} |")
+                     f"{n(s['l1_vs_guide_max'], '.2f')} | {n(s['wall_vs_guide_median'], '.2f')} | "
+                     f"{s['bar_but_time']} |")
     return "\n".join(lines)
 
 
@@ -156,15 +163,16 @@ def table(summary: list[dict]) -> str:
               help="NAME:key=value,... over RobustConfig's fields and iters; repeat it.")
 @click.option("--no-guide", is_flag=True, help=f"Leave out the `{GUIDE}` runs the ratios are taken against.")
 @click.option("--device", default=None, help="cpu or cuda; default: $GUIDE_ENGINE_DEVICE, else cuda where present.")
-@click.option("--jobs", default=2, show_default=True, type=click.IntRange(min=1), help="Processes at a time (one thread each).")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Processes at a time (one thread each).")
 @click.option("--attack", default="8x300", show_default=True, help="The verify attacker: STARTSxSTEPS.")
 @click.option("--attack-loss", type=click.Choice(["identity", "pixel"]), default="identity", show_default=True)
 @click.option("--n-preserve", default=256, show_default=True, type=click.IntRange(min=2))
 @click.option("--out", default="results/robust", show_default=True, type=click.Path(file_okay=False))
 def main(seeds, variants, no_guide, device, jobs, attack, attack_loss, n_preserve, out):
-    from guide_engine.engine.errors import GuideEngineError
-    from guide_engine.engine.images import parse_seeds
-    from guide_engine.engine.runtime import default_device
+    from ..engine.errors import GuideEngineError
+    from ..engine.images import parse_seeds
+    from ..engine.runtime import default_device
 
     try:
         device = default_device(device)

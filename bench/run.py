@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.bench.peak import at_least_measured, measured_matmul, theoretical
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.files import atomic_write, write_json
+from ..engine.errors import GuideEngineError
+from ..engine.files import atomic_write, write_json
+from .peak import at_least_measured, measured_matmul, theoretical
 
 ALL_BACKENDS = ("torch", "torch-compile", "torch-cudagraph", "onnxruntime", "tensorrt")
 
@@ -75,13 +75,14 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
         if (why := skip_reason(b)) is not None:
             skipped[b] = why
             continue
-        res = _subprocess_json(["guide_engine.bench.sampling", b, source, ",".join(map(str, batches)), str(repeats)], 900)
+        res = _subprocess_json(["guide_engine.bench.sampling", b, source, ",".join(map(str, batches)), str(repeats)],
+                               900)
         if "error" in res:
             skipped[b] = res["error"]
         else:
             sampling.append(res)
     iters = unlearn_iters or (5 if quick else 30)
-    from guide_engine.engine.runtime import default_device
+    from ..engine.runtime import default_device
 
     device = default_device().split(":")[0]
     unlearning = _subprocess_json(["guide_engine.bench.unlearning", str(iters), device], 1800)
@@ -103,14 +104,17 @@ def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = 
         r["frac_of_peak"] = None if bound is None else r["flop_per_s"] / bound
         r["frac_of_measured_matmul"] = r["flop_per_s"] / measured
     if "levers" in unlearning:  # the same rows as the levers' (JSON made them copies)
-        unlearning["batched"], unlearning["reference_loop"] = unlearning["levers"]["default"], unlearning["levers"]["reference_loop_fp32"]
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        levers = unlearning["levers"]
+        unlearning["batched"], unlearning["reference_loop"] = levers["default"], levers["reference_loop_fp32"]
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "versions": {"torch": torch.__version__, "python": platform.python_version(),
                            "onnxruntime": _version("onnxruntime")},
               "peak_flops": peak, "peak_precision": precision, "peak_flops_bf16": peaks["bf16"],
               "peak_method": f"theoretical: {peaks['how']}",
-              "measured_matmul_flops": measured, "measured_method": f"best of 5 x 4 fp32 1024x1024 torch.mm on {device}",
+              "measured_matmul_flops": measured,
+              "measured_method": f"best of 5 x 4 fp32 1024x1024 torch.mm on {device}",
               "quick": quick, "sampling": sampling, "skipped": skipped, "unlearning": unlearning}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", result)
@@ -130,8 +134,10 @@ def markdown(res: dict) -> str:
     gf = lambda v: "-" if v is None else f"{v / 1e9:.1f}"  # noqa: E731
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [f"# guide-engine bench ({res['date']})", "",
-             f"device: {res['device']} · CPU: {res['cpu_model']} · threads: {res['threads']} · torch {res['versions']['torch']}",
-             f"peak (bound): {res.get('peak_precision', 'fp32')} {gf(res['peak_flops'])} GFLOP/s, bf16 {gf(res['peak_flops_bf16'])} GFLOP/s "
+             f"device: {res['device']} · CPU: {res['cpu_model']} · threads: {res['threads']} · torch "
+             f"{res['versions']['torch']}",
+             f"peak (bound): {res.get('peak_precision', 'fp32')} {gf(res['peak_flops'])} GFLOP/s, bf16 "
+             f"{gf(res['peak_flops_bf16'])} GFLOP/s "
              f"({res['peak_method']}) · measured fp32 matmul {gf(res['measured_matmul_flops'])} GFLOP/s", "",
              "| backend | batch | images/s (median) | min-max | x torch eager | % of peak | % of measured matmul |",
              "|-|-|-|-|-|-|-|"]
@@ -143,7 +149,9 @@ def markdown(res: dict) -> str:
     for b, why in res["skipped"].items():
         lines.append(f"| {b} | - | skipped: {why} | | | | |")
     u = res["unlearning"]
-    lines += ["", "| unlearning loop (one identity) | precision | cached targets | Adam | s/iter (median) | min-max | x reference "
+    lines += ["",
+              "| unlearning loop (one identity) | precision | cached targets | Adam | s/iter (median) | min-max | x "
+              "reference "
               "| GFLOP/iter | % of peak | % of measured matmul |", "|-|-|-|-|-|-|-|-|-|-|"]
     if "error" in u:
         lines.append(f"| failed | {u['error']} | | | | | | | | |")
@@ -151,12 +159,16 @@ def markdown(res: dict) -> str:
         for k, r in u["levers"].items():
             cached = "-" if r["reference_loop"] else ("yes" if r["cache_targets"] else "no")
             adam = "fused" if r["fused_adam"] else "torch default"
-            lines.append(f"| {k} | {r['precision']} | {cached} | {adam} | {r['s_per_iter']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
-                         f"{r['speedup_vs_reference']:.2f} | {r['flop_per_iter'] / 1e9:.2f} | {pct(r['frac_of_peak'])} | "
+            lines.append(f"| {k} | {r['precision']} | {cached} | {adam} | {r['s_per_iter']:.3f} | "
+                         f"{r['min']:.3f}-{r['max']:.3f} | "
+                         f"{r['speedup_vs_reference']:.2f} | {r['flop_per_iter'] / 1e9:.2f} | "
+                         f"{pct(r['frac_of_peak'])} | "
                          f"{pct(r['frac_of_measured_matmul'])} |")
         lines.append(f"\ndefault loop: {u['speedup_batched']:.2f}x the fp32 reference structure; 1000 iterations take "
-                     f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, {u['device']}); "
-                     f"{u['batched']['flop_per_iter'] / 1e9:.2f} GFLOP per iteration at {u['batched']['flop_per_s'] / 1e9:.1f} "
+                     f"{u['s_per_1000_iters']:.0f} s ({u['iters']} timed iterations after {u['burn_in']} burn-in, "
+                     f"{u['device']}); "
+                     f"{u['batched']['flop_per_iter'] / 1e9:.2f} GFLOP per iteration at "
+                     f"{u['batched']['flop_per_s'] / 1e9:.1f} "
                      f"GFLOP/s, {pct(u['batched']['frac_of_measured_matmul'])}% of the measured matmul")
         if "robust_default" in u["levers"]:
             lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "

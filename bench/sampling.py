@@ -24,7 +24,7 @@ def dcgan_flops(generator) -> int:
 
 
 def make_infer(backend: str, generator, max_batch: int):
-    from guide_engine.engine.backends import OnnxrtRunner, TorchRunner
+    from ..engine.backends import OnnxrtRunner, TorchRunner
 
     if backend == "torch":
         return TorchRunner(generator).infer, {}
@@ -41,15 +41,15 @@ def make_infer(backend: str, generator, max_batch: int):
 
         return run, {"compile_mode": mode or "default"}
     if backend in ("onnxruntime", "tensorrt"):
-        from guide_engine.export.onnx import export_onnx
+        from ..export.onnx import export_onnx
 
         tmp = Path(tempfile.mkdtemp(prefix="guide-bench-")) / "g.onnx"
         export_onnx(generator, tmp)
         if backend == "onnxruntime":
             r = OnnxrtRunner(tmp, generator.latent_shape, max_batch)
             return r.infer, {"providers": r.providers}
-        from guide_engine.engine.backends import TrtRunner
-        from guide_engine.export.tensorrt import build_engine
+        from ..engine.backends import TrtRunner
+        from ..export.tensorrt import build_engine
 
         build_engine(tmp, tmp.with_suffix(".plan"), generator.latent_shape, max_batch)
         return TrtRunner(tmp.with_suffix(".plan"), generator.latent_shape, max_batch).infer, {}
@@ -57,8 +57,8 @@ def make_infer(backend: str, generator, max_batch: int):
 
 
 def measure(backend: str, source: str, batches: list[int], repeats: int, min_time: float = 0.3) -> dict:
-    from guide_engine.engine.sampling import load_generator_source
-    from guide_engine.engine.runtime import default_device
+    from ..engine.runtime import default_device
+    from ..engine.sampling import load_generator_source
 
     # TensorRT needs CUDA; ONNX Runtime picks its own providers; the torch backends run where the engine would
     on_gpu = backend == "tensorrt" or (backend != "onnxruntime" and default_device().startswith("cuda"))
@@ -91,5 +91,6 @@ def measure(backend: str, source: str, batches: list[int], repeats: int, min_tim
 
 
 if __name__ == "__main__":
-    backend, source, batches, repeats = sys.argv[1], sys.argv[2], [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4])
+    backend, source, batches, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    batches = [int(b) for b in batches.split(",")]
     print(json.dumps(measure(backend, source, batches, repeats)))

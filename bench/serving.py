@@ -33,7 +33,8 @@ def start_server(source: str, extra: tuple[str, ...], stderr=None) -> tuple[subp
     """`guide-engine serve SOURCE *extra` as its own process on a free loopback port, once it accepts.
     stderr: where the server's log goes (a file object; None: this process's)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port),
+                             *extra],
                             stderr=stderr)
     deadline = time.time() + 300
     while True:
@@ -74,7 +75,8 @@ async def load(url: str, concurrency: int, requests: int | None, seconds: float 
     ok = codes.get(200, 0)
     return {"requests": len(lat), "concurrency": concurrency, "codes": {str(k): v for k, v in codes.items()},
             "errors": len(lat) - ok - codes.get(503, 0), "503": codes.get(503, 0),
-            "p50_ms": round(1000 * lat[len(lat) // 2], 1), "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+            "p50_ms": round(1000 * lat[len(lat) // 2], 1),
+            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
             "images_per_s": round(ok / wall, 1), "wall_s": round(wall, 1)}
 
 

@@ -22,11 +22,11 @@ import torch
 
 @torch.no_grad()
 def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "dlib-resnet-v1") -> dict:
-    from guide_engine.engine.models import zoo
-    from guide_engine.engine.runtime import in_batches
-    from guide_engine.engine.files import state_sha256
-    from guide_engine.guide.metrics import calibrate
-    from guide_engine.guide.target import image_distances, typical_radius, ufo_candidates
+    from ..engine.files import state_sha256
+    from ..engine.models import zoo
+    from ..engine.runtime import in_batches
+    from ..guide.calibration import calibrate
+    from ..guide.target import image_distances, typical_radius, ufo_candidates
 
     G, net, judge = zoo.load_generator(), zoo.load_identity(identity), zoo.load_judge()
     line = calibrate(G, judge, state_sha256(G))["strangers_dist_median"]
@@ -82,7 +82,7 @@ def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "
 @click.option("--candidates", default=256, show_default=True)
 @click.option("--angle", default=90.0, show_default=True, help="Largest angle from the formula's direction, degrees.")
 def main(seeds, candidates, angle):
-    from guide_engine.engine.images import parse_seeds
+    from ..engine.images import parse_seeds
 
     out = study(parse_seeds(seeds), candidates, angle)
     click.echo(json.dumps(out))

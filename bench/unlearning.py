@@ -37,19 +37,22 @@ def flop_per_iter(run, cfg) -> float:
     return float(counts[1] - counts[0])
 
 
+LEVER_FIELDS = ("reference_loop", "precision", "cache_targets", "fused_adam")  # what each row reports
+
+
 def measure(iters: int, device: str = "cpu") -> dict:
-    from guide_engine.engine.models import zoo
     import dataclasses
 
-    from guide_engine.guide.job import DEFAULT_PRECISION
-    from guide_engine.engine.files import state_sha256
-    from guide_engine.guide.metrics import calibrate, quantile
-    from guide_engine.guide.robust import RobustConfig
-    from guide_engine.guide.target import ufo_target
-    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+    from ..engine.files import state_sha256
+    from ..engine.models import zoo
+    from ..guide.calibration import calibrate, quantile
+    from ..guide.config import DEFAULT_PRECISION, UnlearnConfig
+    from ..guide.robust import RobustConfig
+    from ..guide.target import ufo_target
+    from ..guide.unlearn import run_unlearning
 
     G = zoo.load_generator(device=device)
-    I = zoo.load_identity(device=device)
+    net = zoo.load_identity(device=device)
     w_u = G.latents_for_seeds([0]).to(device)
     w_t = ufo_target(w_u, G.average_latent(), 10.0)
     out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
@@ -57,17 +60,18 @@ def measure(iters: int, device: str = "cpu") -> dict:
         fields = {"precision": DEFAULT_PRECISION, **fields}
         if fields.get("robust") == "default":
             robust = RobustConfig()
-            robust = dataclasses.replace(robust, margin=quantile(calibrate(G, I, state_sha256(G)), robust.margin_quantile))
+            robust = dataclasses.replace(robust, margin=quantile(calibrate(G, net, state_sha256(G)),
+                                                                 robust.margin_quantile))
         else:
             robust = None
         cfg = UnlearnConfig(iters=iters + BURN_IN, alpha_max=5.0, device=device, **{**fields, "robust": robust})
-        run = lambda c: run_unlearning(G, I, w_u, w_t, c, progress=False)  # noqa: E731
+        run = lambda c: run_unlearning(G, net, w_u, w_t, c, progress=False)  # noqa: E731
         _, history = run(cfg)
         times = [h["s"] for h in history[BURN_IN:]]
         flop = flop_per_iter(run, cfg)
         out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times),
                                "flop_per_iter": flop, "flop_per_s": flop / statistics.median(times),
-                               **{k: getattr(cfg, k) for k in ("reference_loop", "precision", "cache_targets", "fused_adam")},
+                               **{k: getattr(cfg, k) for k in LEVER_FIELDS},
                                "robust": robust is not None}
     ref = out["levers"]["reference_loop_fp32"]["s_per_iter"]
     for r in out["levers"].values():

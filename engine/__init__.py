@@ -1,8 +1,9 @@
 """guide-engine runtime: protocols, inference backends, sampling, images, serving, errors, the CLI;
 model adapters and the zoo in engine/models/."""
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
-from guide_engine.engine.errors import GuideEngineError
+from .errors import GuideEngineError
 
 try:
     __version__ = _version("guide-engine")

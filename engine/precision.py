@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
+from .errors import GuideEngineError
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -12,8 +12,8 @@ from typing import Iterable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from guide_engine.engine.precision import autocast
-from guide_engine.engine.precision import check as check_precision
+from .precision import autocast
+from .precision import check as check_precision
 
 
 @runtime_checkable

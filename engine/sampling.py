@@ -6,61 +6,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guide_engine.engine.models import nvlabs, zoo
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine import files
-from guide_engine.engine.files import read_json
-from guide_engine.engine.rng import seeded_rng
-from guide_engine.engine.runtime import default_device, in_batches
+from . import files, rundir
+from .errors import GuideEngineError
+from .files import read_json
+from .models import nvlabs, zoo
+from .rng import seeded_rng
+from .runtime import default_device, in_batches
 
 
 def load_generator_source(source: str | Path, device: str | None = None):
-    """A model name => the pretrained generator; an unlearn run directory => the unlearned one
-    (base architecture from its config.json, weights from generator.safetensors)."""
-    from safetensors.torch import load_file
-
-    path = Path(source)
-    if path.is_dir():
-        weights = path / "generator.safetensors"
-        config = path / "config.json"
-        if not weights.is_file() or not config.is_file():
-            raise GuideEngineError(f"{path}: not an unlearn run directory (needs generator.safetensors and config.json)")
-        verified = verify_run_files(path)  # before the weights are used: the files are the ones the run wrote
-        g = zoo.load_generator(read_json(config)["generator"], device="cpu")
-        try:
-            g.load_state_dict(load_file(str(weights)))
-        except Exception as e:
-            raise GuideEngineError(f"{weights}: cannot load ({type(e).__name__}); the file is damaged or from another model") from None
-        g = g.to(default_device(device))
-        g.verified = verified
-        return g
+    """A model name => the pretrained generator; an unlearn run directory => the unlearned one, its files checked
+    against its manifest first (engine/rundir.py)."""
+    if Path(source).is_dir():
+        return rundir.load_generator(Path(source), default_device(device))
     if str(source) in zoo.REGISTRY or str(source).startswith(nvlabs.PREFIX):
         return zoo.load_generator(str(source), device=default_device(device))
     raise GuideEngineError(f"--generator {source}: neither a directory nor a known model "
                            f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")
 
 
-def verify_run_files(run: Path) -> dict:
-    """A run directory's weights and ledger against its manifest's record (engine/integrity.py) =>
-    {"weights_sha256", "ledger_sha256"}, the hashes a report about this run must name."""
-    from guide_engine.engine import integrity
-
-    manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
-    files = integrity.check_files(run, manifest.get("files", {}), f"{run / 'manifest.json'}")
-    weights = files.get("generator.safetensors") or integrity.sha256_file(run / "generator.safetensors")
-    ledger = files.get("identities.json") or \
-        (integrity.sha256_file(run / "identities.json") if (run / "identities.json").is_file() else None)
-    return {"weights_sha256": weights, "ledger_sha256": ledger, "recorded": bool(files)}
-
-
 def check_report_beside(source: Path, verified: dict | None) -> None:
     """A report.json beside the weights must be about these very bytes and its verdict must follow from its
-    figures (engine/integrity.py); sampling refuses an edited or moved report as serving does."""
-    from guide_engine.engine import integrity
+    figures (guide/report.py: check_report); sampling refuses an edited or moved report as serving does."""
+    from ..guide.report import check_report
 
-    report = source / "report.json"
+    report = source / rundir.REPORT
     if verified is not None and report.is_file():
-        integrity.check_report(read_json(report), verified, report)
+        check_report(read_json(report), verified, report)
 
 
 def resolve_backend(source: str | Path, backend: str) -> str:
@@ -87,7 +59,7 @@ def image_source(source: str, backend: str = "auto", device: str | None = None):
             with seeded_rng(int(seeds[0]), generator.average_latent().device):  # EG3D's ray samples: same images
                 return generator.synthesize(generator.latents_for_seeds(seeds)).cpu()
         return render, SAMPLE_BATCH
-    from guide_engine.engine.backends import open_runner
+    from .backends import open_runner
 
     runner = open_runner(Path(source), backend)
     check_report_beside(Path(source), runner.verified)
@@ -102,16 +74,16 @@ def sample_to_file(source: str, seeds: str, out: str | Path, backend: str = "aut
     resumes). => (images written, images skipped)."""
     import itertools
 
-    from guide_engine.engine.images import save_grid, save_png, seed_ranges
-    from guide_engine.engine.progress import bar
+    from .images import save_grid, save_png, seed_ranges
+    from .progress import bar
 
     ranges = seed_ranges(seeds)
     n = sum(len(r) for r in ranges)
     to_dir = str(out).endswith(("/", "\\")) or Path(out).is_dir()  # checked before Path() drops the slash
     out = Path(out)
     if Path(source).is_dir() and out.is_file() and out.resolve().is_relative_to(Path(source).resolve()):
-        raise GuideEngineError(f"--out {out} is a file of {source} itself (its report or weights would be overwritten); "
-                               f"write the samples elsewhere")
+        raise GuideEngineError(f"--out {out} is a file of {source} itself (its report or weights would be "
+                               "overwritten); write the samples elsewhere")
     if not to_dir:
         kind = out.suffix.lower()
         if kind not in (".png", ".npy"):

@@ -20,19 +20,19 @@ accepting and finishes what is in flight (up to the request timeout).
 
 import asyncio  # no `from __future__ import annotations`: FastAPI must see the real Request class
 import base64
+import dataclasses
 import io
 import math
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError, IntegrityError
-
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
+from .batcher import MicroBatcher, QueueFull
+from .errors import GuideEngineError, IntegrityError
+from .serve_metrics import Metrics, MetricsMiddleware
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,12 @@ class ServeConfig:
         if min(self.max_batch, self.max_per_request) < 1 or self.max_queue < self.max_per_request:
             raise GuideEngineError("serve: --max-batch and --max-per-request at least 1, --max-queue at least "
                                    "--max-per-request")
-        if self.max_body_bytes < 1024 or not self.timeout_s > 0 or self.max_wait_ms < 0 or not self.header_timeout_s > 0:
+        if self.max_body_bytes < 1024 or self.max_wait_ms < 0 or not (self.timeout_s > 0 and self.header_timeout_s > 0):
             raise GuideEngineError("serve: --max-body-bytes at least 1024, --timeout and --header-timeout above 0, "
                                    "--max-wait-ms at least 0")
+
+
+BINARY = {"type": "string", "format": "binary"}  # an OpenAPI body of raw bytes
 
 
 class ServeError(GuideEngineError):
@@ -65,131 +68,10 @@ class ServeError(GuideEngineError):
         self.status, self.headers = status, headers or {}
 
 
-class QueueFull(Exception):
-    pass
-
-
-class MicroBatcher:
-    """Groups concurrent requests' latents into one `infer` call (up to max_batch latents, or max_wait_ms),
-    behind a bound of `max_queue` latents accepted and not yet answered."""
-
-    def __init__(self, infer, max_batch: int, max_wait_ms: float, max_queue: int = 1 << 30, metrics=None):
-        self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
-        self.max_queue, self.metrics = max_queue, metrics
-        self.queue: asyncio.Queue | None = None
-        self.loop = None
-        self.pending = 0  # latents accepted and not yet answered
-        self.calls: list[int] = []  # batch size of each infer call (for tests and metrics)
-
-    async def submit(self, w: torch.Tensor) -> torch.Tensor:
-        if self.pending + len(w) > self.max_queue:
-            raise QueueFull
-        if self.loop is not asyncio.get_running_loop():  # first call, or a new event loop: (re)start the worker
-            self.loop = asyncio.get_running_loop()
-            self.queue = asyncio.Queue()
-            self.loop.create_task(self._worker())
-        fut = asyncio.get_running_loop().create_future()
-        self._count(len(w))
-        await self.queue.put((w, fut))
-        return await fut
-
-    def _count(self, n: int) -> None:
-        self.pending += n
-        if self.metrics is not None:
-            self.metrics.queue.set(self.pending)
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self.queue.get()]
-            n = len(items[0][0])
-            deadline = loop.time() + self.max_wait
-            while n < self.max_batch:
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-                if n + len(item[0]) > self.max_batch:
-                    await self._run(items)
-                    items, n = [], 0
-                items.append(item)
-                n += len(item[0])
-            await self._run(items)
-
-    async def _run(self, items) -> None:
-        if not items:
-            return
-        w = torch.cat([w for w, _ in items])
-        self.calls.append(len(w))
-        t0 = time.perf_counter()
-        try:
-            images = await asyncio.get_running_loop().run_in_executor(None, self.infer, w)
-        except Exception as e:  # the worker must survive any failure
-            for _, fut in items:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        finally:
-            self._count(-len(w))
-            if self.metrics is not None:
-                self.metrics.batch.observe(len(w))
-                self.metrics.infer.observe(time.perf_counter() - t0)
-        i = 0
-        for w_i, fut in items:
-            if not fut.done():  # a request that timed out has cancelled its future
-                fut.set_result(images[i:i + len(w_i)])
-            i += len(w_i)
-
-
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter("guide_engine_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("guide_engine_request_seconds", "request latency by route", ["route"], registry=r,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.batch = Histogram("guide_engine_batch_size", "latents per generator call", registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.queue = Gauge("guide_engine_queue_depth", "latents accepted and not yet answered", registry=r)
-        self.infer = Histogram("guide_engine_inference_seconds", "seconds per generator call", registry=r,
-                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.withheld = Counter("guide_engine_withheld_images", "images the guard withheld", registry=r)
-        self.queue_full = Counter("guide_engine_queue_full", "requests answered 503: the queue was full", registry=r)
-
-
-class MetricsMiddleware:
-    """Counts every HTTP request by its route template (bounded label values) and status, and times it."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a bounded label set
-            self.metrics.requests.labels(route, method, str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-
-
 def _png(image: torch.Tensor) -> bytes:
     from PIL import Image
 
-    from guide_engine.engine.images import to_uint8
+    from .images import to_uint8
 
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image[None])[0]).save(buf, format="PNG")
@@ -198,26 +80,28 @@ def _png(image: torch.Tensor) -> bytes:
 
 def load_service(source: Path, cfg: ServeConfig):
     """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None). The files are checked
-    against their records before they are used, and the report against the files (engine/integrity.py)."""
-    from guide_engine.engine import integrity
-    from guide_engine.engine.models import zoo
-    from guide_engine.engine.sampling import load_generator_source, resolve_backend
-    from guide_engine.engine.files import read_json
+    against their records before they are used (engine/integrity.py), and the report against the files
+    (guide/report.py: check_report)."""
+    from ..guide.report import check_report
+    from . import integrity, rundir
+    from .files import read_json
+    from .models import zoo
+    from .sampling import load_generator_source, resolve_backend
 
     source = Path(source)
     if not source.is_dir():
         raise GuideEngineError(f"{source}: give an unlearn run directory or an export directory")
-    report_path = source / "report.json"
+    report_path = source / rundir.REPORT
     report = read_json(report_path) if report_path.is_file() else None
     cfg = dataclasses.replace(cfg, backend=resolve_backend(source, cfg.backend))
     if cfg.backend == "torch":
-        from guide_engine.engine.backends import TorchRunner
+        from .backends import TorchRunner
 
         generator = load_generator_source(source)  # its files checked against the run's manifest
         infer = TorchRunner(generator, cfg.max_batch).infer
         base, verified = generator, generator.verified
     else:
-        from guide_engine.engine.backends import open_runner
+        from .backends import open_runner
 
         runner = open_runner(source, cfg.backend)  # its artifact checked against export.json
         infer = runner.infer
@@ -225,7 +109,7 @@ def load_service(source: Path, cfg: ServeConfig):
     integrity_note = None
     if report is not None:  # the verdict must be about these very bytes, and follow from its own figures
         try:
-            integrity.check_report(report, verified, report_path)
+            check_report(report, verified, report_path)
             signed = integrity.check_signature(report, report_path)
         except IntegrityError as e:
             if not cfg.allow_unverified:
@@ -238,8 +122,9 @@ def load_service(source: Path, cfg: ServeConfig):
         why = "has not been verified" if report is None else \
             f"failed verification (required level: {report.get('required', 'forgotten')})"
         raise GuideEngineError(f"{source} {why}; run `guide-engine verify {source}` first, or pass --allow-unverified")
-    manifest = read_json(source / "manifest.json") if (source / "manifest.json").is_file() else {}
-    info = {"source": source.name, "backend": cfg.backend, "generator": manifest.get("generator", getattr(base, "name", None)),
+    manifest = rundir.read_manifest(source)
+    info = {"source": source.name, "backend": cfg.backend, "generator": manifest.get("generator", getattr(base, "name",
+                                                                                                          None)),
             "unlearned_identities": _ledger_hashes(source),
             "result_sha256": manifest.get("result_sha256"),
             "verification": None if report is None else {
@@ -257,7 +142,7 @@ def load_service(source: Path, cfg: ServeConfig):
 
 def _ledger_hashes(source: Path) -> list[str]:
     """The forgotten identities as hashes of their latents (the ledger's), never the latents themselves."""
-    from guide_engine.guide import ledger
+    from ..guide import ledger
 
     try:
         return [e["identity_hash"] for e in ledger.read(source)["identities"]]
@@ -268,10 +153,10 @@ def _ledger_hashes(source: Path) -> list[str]:
 def _make_guard(source: Path, base, report):
     """=> images => [withheld?]: the judge's distance to any ledger identity's pretrained image below the
     strangers' 1st percentile (calibrated on the base generator, cached)."""
-    from guide_engine.engine.models import zoo
-    from guide_engine.guide import ledger
-    from guide_engine.engine.files import state_sha256
-    from guide_engine.guide.metrics import calibrate
+    from ..guide import ledger
+    from ..guide.calibration import calibrate
+    from .files import state_sha256
+    from .models import zoo
 
     try:
         book = ledger.read(source)
@@ -326,7 +211,7 @@ def parse_generate(body: bytes, model, latent_shape: tuple[int, ...], latents_fo
     """A /v1/generate body => latents (N, *latent_shape); any problem raises ServeError 400."""
     from pydantic import ValidationError
 
-    from guide_engine.engine.serve_api import one_line
+    from .serve_api import one_line
 
     try:
         req = model.model_validate_json(body)
@@ -355,7 +240,7 @@ def create_app(source: Path, cfg: ServeConfig):
     except ImportError:
         raise GuideEngineError("serving needs FastAPI, uvicorn and prometheus-client: "
                                "pip install 'guide-engine[serve]'") from None
-    from guide_engine.engine import serve_api as api
+    from . import serve_api as api
 
     infer, latents_for_seeds, latent_shape, info, guard = load_service(source, cfg)
     image_shape = tuple(infer(latents_for_seeds([0])).shape[1:])  # warm-up before ready
@@ -420,8 +305,9 @@ def create_app(source: Path, cfg: ServeConfig):
                   GenerateRequest, components, "seeds or latents (flat lists), at most "
                   f"{cfg.max_per_request} per request, body at most {cfg.max_body_bytes} bytes"),
               responses={200: {"model": api.ImagesResponse, "description": "one image: image/png; several: JSON",
-                               "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-                         451: {"model": api.ErrorBody, "description": "withheld: the image shows an unlearned identity"},
+                               "content": {"image/png": {"schema": BINARY}}},
+                         451: {"model": api.ErrorBody,
+                               "description": "withheld: the image shows an unlearned identity"},
                          **errors})
     async def generate(request: Request):
         deadline = time.monotonic() + cfg.timeout_s  # the whole request: its body, the queue, generation
@@ -477,7 +363,7 @@ def create_app(source: Path, cfg: ServeConfig):
                   f"{cfg.max_per_request}; or the binary extension (JSON header, then raw little-endian FP32, its "
                   f"length in the {api.INFER_HEADER} header)"),
               responses={200: {"model": api.InferResponse, "description": "JSON, or binary (header + raw FP32)",
-                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                               "content": {"application/octet-stream": {"schema": BINARY}}},
                          451: {"model": api.ErrorBody, "description": "withheld: an image shows an unlearned identity"},
                          **errors})
     async def v2_infer(model_name: str, request: Request):
@@ -485,7 +371,8 @@ def create_app(source: Path, cfg: ServeConfig):
         deadline = time.monotonic() + cfg.timeout_s
         body = await read_body(request, cfg.max_body_bytes, deadline)
         try:
-            w, req, binary = api.parse_v2(body, request.headers.get(api.INFER_HEADER), latent_shape, cfg.max_per_request)
+            w, req, binary = api.parse_v2(body, request.headers.get(api.INFER_HEADER), latent_shape,
+                                          cfg.max_per_request)
         except GuideEngineError as e:
             raise ServeError(400, str(e)) from None
         images, withheld = await generate_images(torch.from_numpy(w), deadline)

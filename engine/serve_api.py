@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from guide_engine.engine.errors import GuideEngineError
+from .errors import GuideEngineError
 
 SEED_MAX = 2**31 - 1
 LATENT_ABS_MAX = 1e3
@@ -189,8 +189,8 @@ def parse_v2(body: bytes, header_length: str | None, latent_shape: tuple[int, ..
     outputs = req.outputs or [RequestOutput(name="image")]
     if [o.name for o in outputs] != ["image"]:
         raise GuideEngineError(f"outputs: this model has one output, `image`, not {[o.name for o in outputs]}")
-    binary = bool((outputs[0].parameters or {}).get("binary_data",
-                                                     (req.parameters or {}).get("binary_data_output", False)))
+    default = (req.parameters or {}).get("binary_data_output", False)
+    binary = bool((outputs[0].parameters or {}).get("binary_data", default))
     return x.reshape(n, *latent_shape), req, binary
 
 

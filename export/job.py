@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine import __version__
-from guide_engine.engine.errors import CheckFailed, GuideEngineError
-from guide_engine.engine.sampling import load_generator_source
-from guide_engine.engine.files import sha256_file, write_json
-from guide_engine.export.onnx import OPSET, export_onnx
-from guide_engine.export.parity import compare
-from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_throughput
+from ..engine import __version__, rundir
+from ..engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_throughput
+from ..engine.errors import CheckFailed, GuideEngineError
+from ..engine.files import sha256_file, write_json
+from ..engine.sampling import load_generator_source
+from .onnx import OPSET, export_onnx
+from .parity import compare
 
 
 def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, trt: bool = False,
@@ -33,7 +33,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
     if out.exists():
         raise GuideEngineError(f"--out {out} already exists; choose a new directory")
     if trt:
-        from guide_engine.engine.backends import import_tensorrt
+        from ..engine.backends import import_tensorrt
 
         import_tensorrt()  # fail before any work when TensorRT cannot run here
     generator = load_generator_source(source, device="cpu")
@@ -41,9 +41,9 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
     latents = generator.latents_for_seeds(range(10_000, 10_000 + max_batch))
     batches = sorted({1, min(7, max_batch), max_batch})
     src_dir = Path(source) if Path(source).is_dir() else None
-    source_sha = sha256_file(src_dir / "generator.safetensors") if src_dir else None
+    source_sha = sha256_file(src_dir / rundir.WEIGHTS) if src_dir else None
 
-    partial = out.with_name(out.name + ".partial")
+    partial = rundir.partial(out)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -52,11 +52,13 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
         export_onnx(generator, partial / onnx_name, fp16=fp16)
         ort = OnnxrtRunner(partial / onnx_name, generator.latent_shape, max_batch)
         artifacts = {"onnx": {"file": onnx_name, "opset": OPSET, "precision": "fp16" if fp16 else "fp32",
-                              "sha256": sha256_file(partial / onnx_name), "export_s": round(time.perf_counter() - t0, 3),
-                              "runtime": f"onnxruntime {__import__('onnxruntime').__version__}", "providers": ort.providers,
+                              "sha256": sha256_file(partial / onnx_name), "export_s": round(time.perf_counter() - t0,
+                                                                                            3),
+                              "runtime": f"onnxruntime {__import__('onnxruntime').__version__}",
+                              "providers": ort.providers,
                               "parity": compare(ref, ort, latents, batches, fp16)}}
         if trt:
-            from guide_engine.export.tensorrt import build_engine
+            from .tensorrt import build_engine
 
             t0 = time.perf_counter()
             build_engine(partial / onnx_name, partial / "generator.plan", generator.latent_shape, max_batch,
@@ -66,7 +68,8 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
             runner = TrtRunner(partial / "generator.plan", generator.latent_shape, max_batch)
             artifacts["tensorrt"] = {"file": "generator.plan", "precision": "fp16" if fp16 else "fp32",
                                      "sha256": sha256_file(partial / "generator.plan"),
-                                     "build_s": round(time.perf_counter() - t0, 3), "runtime": f"tensorrt {tensorrt.__version__}",
+                                     "build_s": round(time.perf_counter() - t0, 3),
+                                     "runtime": f"tensorrt {tensorrt.__version__}",
                                      "device": torch.cuda.get_device_name(),
                                      "parity": compare(ref, runner, latents, batches, fp16)}
         # images/s of each runtime at the parity batches: `--backend auto` picks by this table
@@ -77,7 +80,8 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
             throughput["tensorrt"] = measure_throughput(runner, latents, batches)
         manifest = {"engine_version": __version__, "generator": getattr(generator, "name", "?"),
                     "latent_shape": list(generator.latent_shape),
-                    "image_shape": [3, generator.resolution, generator.resolution], "max_batch": max_batch, "input": "w", "output": "image",
+                    "image_shape": [3, generator.resolution, generator.resolution], "max_batch": max_batch,
+                    "input": "w", "output": "image",
                     "source": str(src_dir.resolve() if src_dir else source), "source_weights_sha256": source_sha,
                     "artifacts": artifacts,
                     "throughput": throughput, "throughput_device": "cuda" if trt else "cpu",
@@ -85,15 +89,16 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         failed = [k for k, a in artifacts.items() if not a["parity"]["passed"]]
         if failed:
-            detail = "; ".join(f"{k}: max abs {artifacts[k]['parity']['max_abs']:.2e}, PSNR {artifacts[k]['parity']['psnr']:.1f} dB "
-                               f"(needs {artifacts[k]['parity']['threshold']})" for k in failed)
+            parity = {k: artifacts[k]["parity"] for k in failed}
+            detail = "; ".join(f"{k}: max abs {p['max_abs']:.2e}, PSNR {p['psnr']:.1f} dB (needs {p['threshold']})"
+                               for k, p in parity.items())
             raise CheckFailed(f"export parity failed, no artifact written: {detail}")
         if src_dir:
-            for f in ("manifest.json", "identities.json", "identity.json", "config.json", "report.json"):
+            for f in (rundir.MANIFEST, rundir.LEDGER, rundir.LEGACY_LEDGER, rundir.CONFIG, rundir.REPORT):
                 if (src_dir / f).is_file():
                     shutil.copy2(src_dir / f, partial / f)
-            if (partial / "identities.json").is_file():  # the guard's list travels with the artifact, and is bound to it
-                manifest["files"] = {"identities.json": sha256_file(partial / "identities.json")}
+            if (partial / rundir.LEDGER).is_file():  # the guard's list travels with the artifact, and is bound to it
+                manifest["files"] = {rundir.LEDGER: sha256_file(partial / rundir.LEDGER)}
         write_json(partial / "export.json", manifest)
         partial.rename(out)
     except BaseException:

@@ -16,7 +16,7 @@ def psnr(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 def compare(reference_runner, runner, latents: torch.Tensor, batches: list[int], fp16: bool) -> dict:
     """=> {"batches": {b: {max_abs, psnr}}, "max_abs", "psnr" (worst), "threshold", "passed"}."""
-    from guide_engine.engine.progress import bar
+    from ..engine.progress import bar
 
     per = {}
     for b in bar(batches, "parity", unit="batch", leave=False):

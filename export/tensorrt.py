@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.backends import import_tensorrt
+from ..engine.backends import import_tensorrt
+from ..engine.errors import GuideEngineError
 
 
 def build_engine(onnx_path: Path, plan_path: Path, latent_shape: tuple[int, ...], max_batch: int,

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from guide_engine.engine.errors import GuideEngineError
+from ..engine.errors import GuideEngineError
 
 
 def config_pbtxt(name: str, platform: str, latent_shape: list[int], image_shape: list[int], max_batch: int,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guide_engine.guide.invert import descend
+from .invert import descend
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class AttackConfig:
 
     def __post_init__(self):
         if self.loss not in ("identity", "pixel"):
-            from guide_engine.engine.errors import GuideEngineError
+            from ..engine.errors import GuideEngineError
 
             raise GuideEngineError(f"attack loss {self.loss!r}: identity or pixel")
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from guide_engine.guide.losses import ADJ, GLOB, LOCAL
+from .losses import ADJ, GLOB, LOCAL
 
 
 def init_from_env(device: str) -> bool:

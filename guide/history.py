@@ -15,7 +15,7 @@ class History:
     was killed after its last checkpoint: those iterations are done again)."""
 
     def __init__(self, path: Path, start: int = 0):
-        from guide_engine.engine.files import atomic_write
+        from ..engine.files import atomic_write
 
         self.path = path
         kept = [r for r in read(path) if int(r["iteration"]) <= start] if start and path.is_file() else []
@@ -47,7 +47,7 @@ def plot(csv_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from guide_engine.engine.files import atomic_write
+    from ..engine.files import atomic_write
 
     rows = read(csv_path)
     it = [int(r["iteration"]) for r in rows]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from guide_engine.engine.progress import bar
-from guide_engine.guide.losses import feature_distance
-from guide_engine.kernels import identity_distance
+from ..engine.progress import bar
+from ..kernels import identity_distance
+from .losses import feature_distance
 
 
 def inversion_loss(generator, identity_net, w, image, feats_x, desc_x, identity_term: bool = True):

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.files import read_json
-
-LEDGER = "identities.json"
-LEGACY = "identity.json"  # one identity per run, before the ledger
+from ..engine.errors import GuideEngineError
+from ..engine.files import read_json
+from ..engine.rundir import LEDGER
+from ..engine.rundir import LEGACY_LEDGER as LEGACY
 
 
 def latent_hash(w_u: torch.Tensor) -> str:
@@ -45,12 +44,6 @@ def source_key(seed: int | None = None, photo_sha256: str | None = None, face: i
     return f"photo:{photo_sha256}" + (f"#face{face}" if face else "")
 
 
-def aligned_name(index: int) -> str:
-    """The file a run keeps the aligned crop of its ledger's photo identity `index` in: aligned.png for the first
-    identity, aligned-<index>.png for later ones (a continued run copies its predecessors')."""
-    return "aligned.png" if index == 0 else f"aligned-{index}.png"
-
-
 def read(run: Path) -> dict:
     """The ledger of a run or export directory (a pre-ledger `identity.json` reads as a ledger of one)."""
     run = Path(run)
@@ -63,7 +56,8 @@ def read(run: Path) -> dict:
                  if k in one}
         entry.update(identity_hash=latent_hash(torch.tensor(one["w_u"])), run=run.name, added=None,
                      key=source_key(how.get("seed"), how.get("photo_sha256")))
-        return {k: one.get(k) for k in ("radius_r", "target_distance_d", "target_distance_rel", "identity_distance_name")} \
+        return {k: one.get(k) for k in ("radius_r", "target_distance_d", "target_distance_rel",
+                                        "identity_distance_name")} \
             | {"identities": [entry]}
     raise GuideEngineError(f"{run}: no {LEDGER}; give a directory made by `guide-engine unlearn` or `export`")
 

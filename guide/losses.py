@@ -14,7 +14,7 @@ ID = 1 - cos of the identity embeddings (kernels.identity_distance), target side
 Push past (`unlearn --push-past`, an engine addition, off by default): the local pairs also take
     W_push * relu(m - dist(x_u, G_s(w_u)))
 in the training network's own distance: the unlearned face is pushed past a margin m from the person,
-beyond its target, which the judge finds too close for about one identity in five (README).
+beyond its target, which the judge finds too close for about one identity in five (docs/many.md).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guide_engine.kernels import identity_distance
+from ..kernels import identity_distance
 
 W_MSE, W_P, W_ID = 0.01, 1.0, 0.1
 

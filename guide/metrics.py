@@ -15,125 +15,15 @@ embedding of base samples subtracted).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guide_engine.engine.models import zoo
-from guide_engine.engine.runtime import in_batches, synthesis_batch
-from guide_engine.engine.rng import seeded_rng
-from guide_engine.guide.target import NEIGHBOR_RADIUS_REL, latents_around
-from guide_engine.engine import files
+from ..engine.runtime import in_batches, synthesis_batch
+from .calibration import Judged, descriptors, strangers, strangers_closer_than
+from .target import NEIGHBOR_RADIUS_REL, latents_around
 
-CALIB_SEEDS = range(1_000_000, 1_000_400)  # 200 x 200 stranger pairs
-CALIB_VERSION = 3  # 2: quantiles at every 0.1% (p0.1, p1, "closer than X% of strangers"); 3: its own content hash
 PRESERVE_SEED0 = 2_000_000
 MIN_KEPT = 0.95
-
-
-def _descriptors(net, images: torch.Tensor) -> torch.Tensor:
-    return in_batches(net.descriptors, images)
-
-
-def calibration_path(generator, net, base_sha: str) -> Path:
-    """Where the calibration of (base generator, network) is cached: keyed by the base generator's state hash and,
-    for a network given as a file, by the file's SHA-256 (weights replaced at the same path are calibrated
-    again). A model given by path is named by its file name only, so copies of it in other folders (the test
-    suite's temporary ones) share one entry."""
-    def short(name: str) -> str:  # "nvlabs:/a/b/eg3d.pkl" => "nvlabs:eg3d.pkl"
-        kind, _, path = name.partition(":")
-        return f"{kind}:{Path(path).name}" if path else Path(name).name
-    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{short(generator.name)}__{short(net.name)}")[-120:]
-    key = base_sha[:16]
-    if net.name not in zoo.REGISTRY and (sha := zoo.weights_sha256(net.name)):
-        key += f"_{sha[:16]}"
-    return zoo.cache_home() / "calibration" / f"{names}__{key}__v{CALIB_VERSION}.json"
-
-
-@torch.no_grad()
-def calibrate(generator, net, base_sha: str) -> dict:
-    """Strangers' distance distribution in the network's own distance, cached in $GUIDE_ENGINE_HOME/calibration/."""
-    path = calibration_path(generator, net, base_sha)
-    if path.is_file():
-        try:
-            calib = json.loads(path.read_text())
-            if calib.pop("content_sha256", None) == _content_sha256(calib):
-                return calib
-        except (OSError, ValueError, AttributeError):
-            pass
-        print(f"note: {path} is damaged or was edited (its content hash does not match); calibrating again",
-              file=sys.stderr)
-    w = generator.latents_for_seeds(CALIB_SEEDS)
-    with seeded_rng(CALIB_SEEDS[0], w.device):  # EG3D's ray samples: the same calibration on every machine
-        d = _descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
-                                         desc=f"calibrating {net.name} (once)")).cpu()
-    half = len(d) // 2
-    a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
-    dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)
-    cos = F.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
-    quantiles = dist.quantile(torch.linspace(0, 1, 1001, dtype=dist.dtype))
-    calib = {"generator": generator.name, "identity_network": net.name, "distance": net.distance_name,
-             "pairs": dist.numel(),
-             "strangers_dist_median": dist.median().item(), "strangers_dist_p5": dist.quantile(0.05).item(),
-             "strangers_dist_p1": quantiles[10].item(), "strangers_dist_p0.1": quantiles[1].item(),
-             "strangers_cos_mean": cos.mean().item(),
-             "network_threshold": net.threshold,
-             "strangers_frac_under_network_threshold":
-                 None if net.threshold is None else (dist < net.threshold).float().mean().item(),
-             "quantiles": [round(q, 6) for q in quantiles.tolist()],
-             "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
-    files.write_json(path, {**calib, "content_sha256": _content_sha256(calib)})
-    return calib
-
-
-def _content_sha256(calib: dict) -> str:
-    """The calibration's own hash, stored in its file: a file damaged or edited on disk is calibrated again."""
-    return hashlib.sha256(json.dumps(calib, sort_keys=True).encode()).hexdigest()
-
-
-def strangers(calib: dict) -> dict:
-    """The calibration's quantiles under the report's names."""
-    return {"p0.1": calib["strangers_dist_p0.1"], "p1": calib["strangers_dist_p1"], "p5": calib["strangers_dist_p5"],
-            "p50": calib["strangers_dist_median"]}
-
-
-def quantile(calib: dict, q: float) -> float:
-    """The strangers' distance at quantile q in [0, 1] (interpolated between the stored 0.1% steps)."""
-    qs = np.asarray(calib["quantiles"])
-    return float(np.interp(q, np.linspace(0, 1, len(qs)), qs))
-
-
-def strangers_closer_than(calib: dict, dist: float) -> float:
-    """Fraction of stranger pairs that lie closer than `dist` (0.002 => "farther than 99.8% of strangers are")."""
-    q = np.asarray(calib["quantiles"])
-    return float(np.interp(dist, q, np.linspace(0, 1, len(q)), left=0.0, right=1.0))
-
-
-@dataclass
-class Judged:
-    """A network and its calibration on the base generator: one column of the report."""
-
-    net: object
-    calib: dict
-
-    @property
-    def name(self) -> str:
-        return self.net.name
-
-    def desc(self, images: torch.Tensor) -> torch.Tensor:
-        """Descriptors on the CPU; the images go to the network's device first (an ONNX judge has none)."""
-        weights = next(self.net.parameters(), None) if isinstance(self.net, torch.nn.Module) else None
-        return _descriptors(self.net, images if weights is None else images.to(weights.device)).cpu()
-
-    def dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.net.distance(a, b.expand_as(a)).cpu()
 
 
 def _sims(da: torch.Tensor, db: torch.Tensor, mean_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +54,8 @@ def _at_identity(j: Judged, x_pre, x_un, xn_pre, xn_un) -> dict:
         dn_pre, dn_un = j.desc(xn_pre), j.desc(xn_un)
         n_cos = _sims(dn_pre, dn_un, mean_emb)[0]
         n_dist = j.net.distance(dn_pre, dn_un)
-    return {"id_sim": cos, "id_sim_centred": cos_c, "id_dist": id_dist, "forgotten": id_dist >= c["strangers_dist_median"],
+    return {"id_sim": cos, "id_sim_centred": cos_c, "id_dist": id_dist,
+            "forgotten": id_dist >= c["strangers_dist_median"],
             "neighbors_id_sim": n_cos.mean().item() if n else None,
             "neighbors_forgotten_frac": (n_dist >= c["strangers_dist_median"]).float().mean().item() if n else None}
 
@@ -260,7 +151,8 @@ def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
         m = r["judge_id_dist"] / judge.calib["strangers_dist_median"]
         if "attack" in r:
             a = r["attack"]
-            m = min(m, a["judge_best"] / judge.calib["strangers_dist_p1"], a["train_best"] / train.calib["strangers_dist_p1"])
+            m = min(m, a["judge_best"] / judge.calib["strangers_dist_p1"],
+                    a["train_best"] / train.calib["strangers_dist_p1"])
         return m
 
     return min(range(len(rows)), key=lambda i: margin(rows[i]))
@@ -277,7 +169,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
     person, left as it was; much farther: the unlearning drew the person somewhere new), and, given w_u and
     the typical radius, `{key}_best_from_w_u` is that latent's distance from w_u in radii.
     => {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images": ...}."""
-    from guide_engine.guide.attack import reinvert
+    from .attack import reinvert
 
     with torch.enable_grad():
         lat_u = reinvert(G_u, train.net, photo, cfg, progress, "attack on the unlearned generator")
@@ -308,13 +200,14 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, 
               "reinversion_id_sim_pretrained": F.cosine_similarity(train.desc(x_s[is_:is_ + 1]), ref).item(),
               "reinversion_starts": cfg.starts, "reinversion_steps": cfg.steps}
     ju, js = best["judge"]
-    return {"figures": fig, "legacy": legacy, "images": {"photo": photo, "unlearned": x_u[ju:ju + 1], "pretrained": x_s[js:js + 1]}}
+    images = {"photo": photo, "unlearned": x_u[ju:ju + 1], "pretrained": x_s[js:js + 1]}
+    return {"figures": fig, "legacy": legacy, "images": images}
 
 
 def collapse_sim(G_s, net, targets: list[torch.Tensor]) -> float:
     """Mean identity similarity between the target images of several identities (UFO collapse)."""
     with torch.no_grad():
-        e = F.normalize(_descriptors(net, G_s.synthesize(torch.cat(targets).to(G_s.average_latent().device))), dim=1)
+        e = F.normalize(descriptors(net, G_s.synthesize(torch.cat(targets).to(G_s.average_latent().device))), dim=1)
     sim = e @ e.T
     n = len(targets)
     return ((sim.sum() - n) / (n * (n - 1))).item()

@@ -19,7 +19,7 @@ diffusion models:
   hinge every iteration, so a place the attacker found stays pushed off after the attacker leaves it.
 
 The margin is a quantile of the strangers' distances under the training network, calibrated on the base
-generator (guide/metrics.py), so it means the same for dlib and for ArcFace.
+generator (guide/calibration.py), so it means the same for dlib and for ArcFace.
 Randomness: the re-seeded latents come from stream(seed, iteration, RESEED_OFFSET) (engine/rng.py);
 the pool and its optimiser state live in the checkpoint, so resumed runs repeat bit for bit.
 """
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from guide_engine.engine.rng import stream
-from guide_engine.guide.invert import inversion_loss
-from guide_engine.guide.losses import feature_distance, pair_terms
+from ..engine.rng import stream
+from .invert import inversion_loss
+from .losses import feature_distance, pair_terms
 
 RESEED_OFFSET = 500_009  # keeps the attacker's random numbers apart from the loop's own per-iteration draws
 PRESERVE_OFFSET = 700_001  # ... and the extra preservation latents' too
@@ -41,12 +41,13 @@ REPLAY_OFFSET = 900_007  # ... and the bank's draws
 
 @dataclass(frozen=True)
 class RobustConfig:
-    # defaults chosen on dev identities 100-102 (README, "Attack-aware unlearning"): each line's alternative measured worse
+    # defaults chosen on dev identities 100-102 (docs/robust.md): each line's alternative measured worse
     pool: int = 8  # attacker latents (4: the attack's best dlib distance 0.25-0.27 instead of 0.33-0.36)
     steps: int = 2  # inversion steps of the pool per iteration
     lr: float = 0.05  # the attacker's step size (the inversion's)
     reseed_every: int = 12  # iterations between re-seeding one pool member from the prior
-    reseed: str = "oldest"  # which member: oldest (round robin: each lives pool * reseed_every) | farthest (from the person)
+    # which member: oldest (round robin: each lives pool * reseed_every) | farthest (from the person)
+    reseed: str = "oldest"
     margin_quantile: float = 0.075  # the hinge's margin: this quantile of the strangers' training-network distance
     # (dlib: 0.45; the median 0.54 pushes the attacker's faces past most strangers and breaks 10-20% of other faces)
     margin: float | None = None  # absolute; None = resolved from margin_quantile by the job (recorded in config.json)
@@ -55,12 +56,12 @@ class RobustConfig:
     # the person's own latents and the judge's distance at w_u drops under the strangers' median)
     preserve: int = 4  # extra random latents per iteration kept at G_s (full pair terms: MSE + perceptual + identity)
     # (margin_quantile 0.2 with preserve 16, seeds 0-9: pixel L1 0.041 -> 0.032, same robustness, 8 forgotten at w_u
-    # instead of 9; larger pools and more steps: README, "Searching the settings on a GPU")
+    # instead of 9; larger pools and more steps: docs/robust.md, "Searching the settings on a GPU")
     replay: int = 0  # latents per iteration from the bank of where re-seeded members ended, hinged like the pool's
     bank_size: int = 64  # the bank keeps this many, the newest
 
     def validate(self) -> None:
-        from guide_engine.engine.errors import GuideEngineError
+        from ..engine.errors import GuideEngineError
 
         if self.pool < 1 or self.steps < 0 or self.reseed_every < 1:
             raise GuideEngineError("robust mode: pool >= 1, steps >= 0 and reseed_every >= 1")
@@ -75,9 +76,9 @@ class Attacker:
 
     def __init__(self, G_s, identity_net, photo: torch.Tensor, cfg: RobustConfig, seed: int):
         if cfg.margin is None:
-            from guide_engine.engine.errors import GuideEngineError
+            from ..engine.errors import GuideEngineError
 
-            raise GuideEngineError("robust mode: the margin is not resolved; guide.job.unlearn_job sets it from the "
+            raise GuideEngineError("robust mode: the margin is not resolved; guide.config.resolve sets it from the "
                                    "training network's calibration, or give RobustConfig(margin=...)")
         self.net, self.cfg, self.seed = identity_net, cfg, seed
         self.photo = photo

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
+from ..engine.errors import GuideEngineError
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def ufo_target(w_u: torch.Tensor, w_avg: torch.Tensor, d: float, kind: str = "ex
 def image_distances(identity_net, source: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """(1, 3, H, W), (K, 3, H, W) => (K,) on the CPU: how far each image is from the source, to the network
     (a training network or the judge), in its own distance."""
-    from guide_engine.engine.runtime import in_batches
+    from ..engine.runtime import in_batches
 
     desc = in_batches(identity_net.descriptors, images)
     return identity_net.distance(identity_net.descriptors(source).expand(len(desc), -1), desc).cpu()
@@ -79,7 +79,7 @@ def image_distances(identity_net, source: torch.Tensor, images: torch.Tensor) ->
 @torch.no_grad()
 def identity_distances(generator, identity_net, w_u: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(1, *S), (K, *S) => (K,) on the CPU: how far each target's image is from w_u's, to the identity net."""
-    from guide_engine.engine.runtime import in_batches, synthesis_batch
+    from ..engine.runtime import in_batches, synthesis_batch
 
     images = in_batches(generator.synthesize, targets, synthesis_batch(generator))
     return image_distances(identity_net, generator.synthesize(w_u), images)

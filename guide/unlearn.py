@@ -22,75 +22,19 @@ from pathlib import Path
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.progress import bar
-from guide_engine.engine.rng import seeded_rng, stream, stream_seed
-from guide_engine.engine.precision import check as check_precision
-from guide_engine.guide import distributed
-from guide_engine.guide.history import History
-from guide_engine.guide.losses import LOCAL, Terms, guide_loss, pair_terms, push_past, roles
-from guide_engine.guide.robust import Attacker, RobustConfig
-from guide_engine.kernels import latent_adjacency
+from ..engine.errors import GuideEngineError
+from ..engine.progress import bar
+from ..engine.rng import seeded_rng, stream, stream_seed
+from ..kernels import latent_adjacency
+from . import distributed
+from .config import UnlearnConfig
+from .history import History
+from .losses import LOCAL, Terms, guide_loss, pair_terms, push_past, roles
+from .robust import Attacker
 
-ALL_LOSSES = ("local", "adj", "glob")
-MAX_ITERS = 200_000  # --iters beyond this is refused: a typo, not a run (at 0.35 s/iter on the CPU, 19 hours)
 IDENTITY_STREAM = 300_007  # the identities an iteration trains come from the stream stream(seed, it, this)
+SHOWN = ("total", "local", "adj", "glob", "push", "robust", "attack_dist")  # in the progress bar
 ATTACKER_SEED = 7_919  # identity i's attacker pool is seeded with seed + ATTACKER_SEED * i
-
-
-@dataclass(frozen=True)
-class UnlearnConfig:
-    generator: str = "digiface-dcgan64"
-    identity: str = "dlib-resnet-v1"
-    iters: int = 400
-    lr: float = 1e-4
-    target: str = "extra"  # extra (UFO) | average (baseline)
-    target_search: int = 0  # identity-checked UFO candidates (guide/target.py); 0 = the formula alone
-    target_angle: float = 0.0  # degrees, the candidates' largest angle from the formula's direction
-    target_distance: float = 0.0  # absolute d, resolved from the relative one and r
-    target_distance_rel: float = 0.0  # d / r
-    radius: float = 0.0  # r = median ||w - w_avg||
-    alpha_max: float = 0.0  # absolute, = alpha_max_rel * r
-    alpha_max_rel: float = 0.0
-    n_adj: int = 2  # adjacency pairs per identity and iteration
-    n_glob: int = 2
-    identities_per_iter: int = 4  # B: identities trained per iteration (all of them when there are fewer)
-    losses: tuple[str, ...] = ALL_LOSSES
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 100
-    reference_loop: bool = False
-    micro_batch: int = 0  # > 0: latents per forward/backward, gradients accumulated (same gradient, less memory)
-    perceptual: str = ""
-    kernels: str = "auto"
-    robust: RobustConfig | None = None  # attack-aware unlearning (guide/robust.py); None = GUIDE alone
-    precision: str = "fp32"  # of the identity network's convolutions: fp32 or bf16 (engine/precision.py)
-    cache_targets: bool = True  # compute the local pairs' constant target side once (TargetCache)
-    fused_adam: bool = True  # Adam's update as one fused kernel over all parameters (the official code: torch's default)
-    push_weight: float = 0.0  # > 0: push each unlearned face past push_margin from the person (losses.push_past)
-    push_margin: float = 0.0  # absolute, in the training network's distance; resolved by the job
-
-    def validate(self) -> None:
-        if not 1 <= self.iters <= MAX_ITERS:
-            raise GuideEngineError(f"--iters {self.iters}: must be within 1-{MAX_ITERS:,} (the default for one person "
-                                   f"is 400; {MAX_ITERS:,} take about 19 hours on a 2-core CPU)")
-        if not self.lr > 0:
-            raise GuideEngineError(f"--lr {self.lr}: must be positive")
-        bad = set(self.losses) - set(ALL_LOSSES)
-        if bad or not self.losses:
-            raise GuideEngineError(f"--losses {','.join(self.losses)}: choose from local,adj,glob")
-        if self.micro_batch < 0:
-            raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
-        check_precision(self.precision)
-        if self.push_weight < 0 or (self.push_weight > 0 and not self.push_margin > 0):
-            raise GuideEngineError("push past: the weight must be >= 0 and, when it is not 0, the margin positive")
-        if self.identities_per_iter < 1:
-            raise GuideEngineError(f"--identities-per-iter {self.identities_per_iter}: must be at least 1")
-        if self.robust is not None:
-            self.robust.validate()
-            if self.reference_loop:
-                raise GuideEngineError("--robust with --reference-loop: refused; the reference loop reproduces the "
-                                       "official code's structure for timing, and the official code has no attacker")
 
 
 def identity_batch(n: int, b: int, seed: int, it: int) -> torch.Tensor:
@@ -172,7 +116,8 @@ class TargetCache:
         if not self.with_features:
             return x_t, rep_t, None
         feats, desc = identity_net.features(x) if len(rest) else ([f[:0] for f in self.feats], self.desc[:0])
-        return x_t, rep_t, ([torch.cat([c[ids], f]) for c, f in zip(self.feats, feats)], torch.cat([self.desc[ids], desc]))
+        joined = [torch.cat([c[ids], f]) for c, f in zip(self.feats, feats)]
+        return x_t, rep_t, (joined, torch.cat([self.desc[ids], desc]))
 
 
 def step_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None,
@@ -228,7 +173,8 @@ def backward_micro_batched(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnCon
     return total
 
 
-def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, perceptual=None) -> dict[str, torch.Tensor]:
+def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig,
+                   perceptual=None) -> dict[str, torch.Tensor]:
     """The official code's structure: one generator call and one loss evaluation per latent."""
     per = []
     for i in range(batch.lat_u.shape[0]):
@@ -237,7 +183,8 @@ def step_reference(G_u, G_s, identity_net, batch: Batch, cfg: UnlearnConfig, per
             x_t, rep_t = G_s.synthesize_with_representation(batch.lat_t[i:i + 1], batch.view)
         per.append(pair_terms(identity_net, rep_u, rep_t, x_u, x_t, impl=cfg.kernels, perceptual=perceptual))
     terms = Terms(*(torch.cat([getattr(t, f.name) for t in per]) for f in dataclasses.fields(Terms)))
-    return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch, cfg)
+    return with_push(guide_loss(terms, batch.role, batch.n_identities, cfg.losses), terms, G_s, identity_net, batch,
+                     cfg)
 
 
 @torch.no_grad()
@@ -249,7 +196,7 @@ def pretrained_photos(G_s, w_u: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _save_checkpoint(path: Path, G_u, opt, it: int, attackers: list[Attacker]) -> None:
-    from guide_engine.engine.files import atomic_write
+    from ..engine.files import atomic_write
 
     state = {"iter": it, "G_u": G_u.state_dict(), "opt": opt.state_dict(),
              "attackers": [a.state_dict() for a in attackers]}
@@ -290,7 +237,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     if cfg.robust is not None:
         if photo is None:
             photo = pretrained_photos(G_s, w_u, cfg.seed)
-        attackers = [Attacker(G_s, identity_net, photo[i:i + 1].to(w_u.device), cfg.robust, cfg.seed + ATTACKER_SEED * i)
+        attackers = [Attacker(G_s, identity_net, photo[i:i + 1].to(w_u.device), cfg.robust,
+                              cfg.seed + ATTACKER_SEED * i)
                      for i in range(len(w_u))]
     start = 0
     if resume:
@@ -320,7 +268,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         batch = iteration_latents(G_s, w_u, w_t, cfg, it)
         scale = 1.0
         if distributed.active():  # this rank's share; DDP averages gradients over ranks, so each loss counts K times
-            mine = distributed.shard_rows(batch.role, batch.n_identities, cfg.n_adj, distributed.rank(), distributed.world())
+            mine = distributed.shard_rows(batch.role, batch.n_identities, cfg.n_adj, distributed.rank(),
+                                          distributed.world())
             scale = float(distributed.world())
             if len(mine) == 0:  # nothing for this rank this time: a zero-weighted row keeps DDP's all-reduce in step
                 mine, scale = torch.tensor([len(batch.role) - 1]), 0.0
@@ -358,8 +307,7 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
         shown.update()
         if not shown.disable and (it % 10 == 0 or it + 1 == end):
             h = history[-1]
-            shown.set_postfix({k: f"{h[k]:.4f}" for k in ("total", "local", "adj", "glob", "push", "robust", "attack_dist")
-                               if k in h} | {"s/it": f"{h['s']:.3f}"}, refresh=False)
+            shown.set_postfix({k: f"{h[k]:.4f}" for k in SHOWN if k in h} | {"s/it": f"{h['s']:.3f}"}, refresh=False)
     shown.close()
     for p in params:
         p.requires_grad_(False)

@@ -5,7 +5,9 @@ import os
 
 import torch
 
-from guide_engine.engine.errors import GuideEngineError
+from ..engine.errors import GuideEngineError
+
+EPS = 1e-12  # both kernels and their references: a row norm below EPS counts as EPS (as F.normalize does)
 
 
 def triton_available() -> bool:

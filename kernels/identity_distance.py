@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from guide_engine.kernels.dispatch import use_triton
-
-EPS = 1e-12
+from .dispatch import EPS, use_triton
 
 
 def identity_distance_reference(e_u: torch.Tensor, e_t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -36,12 +34,14 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction {reduction!r}: expected 'mean' or 'none'")
 
 
-def identity_distance(e_u: torch.Tensor, e_t: torch.Tensor, reduction: str = "mean", impl: str = "auto") -> torch.Tensor:
+def identity_distance(e_u: torch.Tensor, e_t: torch.Tensor, reduction: str = "mean",
+                      impl: str = "auto") -> torch.Tensor:
     """(N, D), (N, D) => 1 - cos(e_u_i, e_t_i): (N,) for reduction="none", the mean for "mean"."""
     if e_u.dim() != 2 or e_u.shape != e_t.shape:
-        raise ValueError(f"identity_distance expects two (N, D) tensors of one shape, got {tuple(e_u.shape)} and {tuple(e_t.shape)}")
+        raise ValueError(f"identity_distance expects two (N, D) tensors of one shape, got {tuple(e_u.shape)} and "
+                         f"{tuple(e_t.shape)}")
     if use_triton(impl, e_u, e_t):
-        from guide_engine.kernels.triton_identity_distance import IdentityDistanceFunction
+        from .triton_identity_distance import IdentityDistanceFunction
 
         return _reduce(IdentityDistanceFunction.apply(e_u, e_t), reduction)
     return identity_distance_reference(e_u, e_t, reduction)

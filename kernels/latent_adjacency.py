@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from guide_engine.kernels.dispatch import use_triton
-
-EPS = 1e-12
+from .dispatch import EPS, use_triton
 
 
 @torch.no_grad()
@@ -29,9 +27,10 @@ def latent_adjacency(w_u: torch.Tensor, w_t: torch.Tensor, w_r: torch.Tensor, al
     if (w_u.shape[0] not in (1, k) or w_u.shape != w_t.shape or w_r.shape[1:] != w_u.shape[1:]
             or alpha.shape != (k,)):
         raise ValueError(f"latent_adjacency shapes: w_u {tuple(w_u.shape)}, w_t {tuple(w_t.shape)}, "
-                         f"w_r {tuple(w_r.shape)}, alpha {tuple(alpha.shape)}; expected (1 or K,*S) twice, (K,*S), (K,)")
+                         f"w_r {tuple(w_r.shape)}, alpha {tuple(alpha.shape)}; "
+                         f"expected (1 or K,*S) twice, (K,*S), (K,)")
     if use_triton(impl, w_u, w_t, w_r, alpha):
-        from guide_engine.kernels.triton_latent_adjacency import latent_adjacency_triton
+        from .triton_latent_adjacency import latent_adjacency_triton
 
         return latent_adjacency_triton(w_u, w_t, w_r, alpha)
     return latent_adjacency_reference(w_u, w_t, w_r, alpha)

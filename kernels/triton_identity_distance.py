@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from guide_engine.kernels.identity_distance import EPS
+from .dispatch import EPS
 
 
 @triton.jit

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from guide_engine.kernels.latent_adjacency import EPS
+from .dispatch import EPS
 
 
 @triton.jit

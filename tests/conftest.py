@@ -56,7 +56,8 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 def pytest_report_header(config):
-    return f"torch {torch.__version__}, threads {torch.get_num_threads()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"
+    return (f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guide_engine.engine.errors import GuideEngineError, first_line
-from guide_engine.engine.protocols import FrozenIdentityNet
+from ..errors import GuideEngineError, first_line
+from ..protocols import FrozenIdentityNet
 
 PREFIX = "arcface-ir-se50:"
 STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))  # (in, out, units), first unit strides 2
@@ -103,7 +103,7 @@ class ArcFaceIdentity(FrozenIdentityNet):
 
 def load_arcface(name: str) -> ArcFaceIdentity:
     """`arcface-ir-se50:PATH` => the network with the state dict at PATH (official key names)."""
-    from guide_engine.engine.models.zoo import read_state_dict
+    from ..files import read_state_dict
 
     path = Path(name[len(PREFIX):])
     state = read_state_dict(path, "ArcFace IR-SE50 weights, model_ir_se50.pth")

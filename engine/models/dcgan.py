@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from guide_engine.engine.crops import TemplateCrop
+from ..crops import TemplateCrop
 
 Z_DIM = 100
 NGF = 64

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guide_engine.engine.errors import GuideEngineError
+from ..errors import GuideEngineError
 
 
 class DlibFormatError(GuideEngineError):

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guide_engine.engine.models.dlib_format import read_dat
-from guide_engine.engine.protocols import FrozenIdentityNet
+from ..protocols import FrozenIdentityNet
+from .dlib_format import read_dat
 
 INPUT_SIZE = 150
 DLIB_THRESHOLD = 0.6  # dlib's same-person threshold on the Euclidean distance of raw descriptors
@@ -106,7 +106,7 @@ class DlibResNet(nn.Module):
         net = read_dat(path)
         m = cls()
         m.avg_rgb.copy_(torch.tensor(net.avg_rgb, dtype=torch.float32).view(1, 3, 1, 1))
-        layers = iter(l for l in net.layers if l["type"] not in ("tag", "skip", "relu", "add_prev"))
+        layers = iter(layer for layer in net.layers if layer["type"] not in ("tag", "skip", "relu", "add_prev"))
 
         def take(kind: str) -> dict:
             layer = next(layers)

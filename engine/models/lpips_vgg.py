@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from guide_engine.engine.errors import GuideEngineError
+from ..errors import GuideEngineError
 
 
 class LPIPSVGG(nn.Module):
@@ -25,7 +25,7 @@ class LPIPSVGG(nn.Module):
             import lpips
         except ImportError:
             raise GuideEngineError("--lpips-vgg needs the `lpips` package: pip install lpips") from None
-        from guide_engine.engine.models.zoo import read_state_dict
+        from ..files import read_state_dict
 
         path = Path(vgg16_weights)
         vgg = read_state_dict(path, "--lpips-vgg: torchvision's VGG16 ImageNet weights")

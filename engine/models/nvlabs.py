@@ -28,8 +28,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from guide_engine.engine.crops import FFHQ
-from guide_engine.engine.errors import GuideEngineError
+from ..crops import FFHQ
+from ..errors import GuideEngineError
 
 PREFIX = "nvlabs:"
 FOV_DEG = 18.837
@@ -108,7 +108,8 @@ def load_generator(name: str) -> "NVlabsGenerator":
         return EG3DGenerator(G, name)
     if hasattr(G, "mapping") and hasattr(G, "synthesis"):
         return StyleGANGenerator(G, name)
-    raise GuideEngineError(f"{name}: G_ema has neither EG3D's backbone/rendering_kwargs nor StyleGAN's mapping/synthesis")
+    raise GuideEngineError(f"{name}: G_ema has neither EG3D's backbone/rendering_kwargs nor StyleGAN's "
+                           "mapping/synthesis")
 
 
 def save_pickle(adapter: "NVlabsGenerator", path: Path) -> None:
@@ -116,7 +117,7 @@ def save_pickle(adapter: "NVlabsGenerator", path: Path) -> None:
     `legacy.load_network_pkl`, which wants G, D and G_ema, still loads it) with G_ema *and* G replaced by
     the unlearned module; G is the raw training generator and still knows the identity. Other entries
     (D, augment_pipe, training_set_kwargs) are kept. Written to a temp name and renamed."""
-    from guide_engine.engine.files import atomic_write
+    from ..files import atomic_write
 
     data, _ = load_pickle(adapter.name[len(PREFIX):])
     G = copy.deepcopy(adapter.G).eval().requires_grad_(False).cpu()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guide_engine.engine.errors import GuideEngineError, first_line
+from ..errors import GuideEngineError, first_line
 
 INPUT_SIZE = 112
 BATCH = 64  # images per ONNX Runtime call: bounded memory for any N
@@ -73,7 +73,8 @@ class SFaceJudge:
                 return ort.InferenceSession(_repaired_graph(self.path, batch_dim).SerializeToString(), opts,
                                             providers=["CPUExecutionProvider"])
             except Exception as e:
-                raise GuideEngineError(f"{self.path}: the judge's ONNX graph does not load ({first_line(e)[:200]})") from None
+                raise GuideEngineError(f"{self.path}: the judge's ONNX graph does not load "
+                                       f"({first_line(e)[:200]})") from None
 
         self.session = session("N" if dynamic_batch else None)
         self.input_name = self.session.get_inputs()[0].name

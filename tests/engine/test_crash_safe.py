@@ -45,7 +45,8 @@ def test_sigkill_then_resume_is_bit_identical(generator, tmp_path):
     _kill_when(proc, checkpoint.is_file)
     assert proc.returncode == -signal.SIGKILL and not killed.exists()  # nothing where the finished run would be
     _run("unlearn", *args, "--out", killed, "--resume")
-    assert (killed / "generator.safetensors").read_bytes() == (tmp_path / "whole" / "generator.safetensors").read_bytes()
+    whole = tmp_path / "whole" / "generator.safetensors"
+    assert (killed / "generator.safetensors").read_bytes() == whole.read_bytes()
     with open(killed / "history.csv", newline="") as f:  # each iteration once: the rows after the checkpoint redone
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 61))
 
@@ -87,7 +88,8 @@ def test_resume_with_other_flags_is_refused(tmp_path):
     proc = _spawn("unlearn", *args, "--out", out)
     _kill_when(proc, (tmp_path / "run.partial" / "checkpoint.pt").is_file)
     config = (tmp_path / "run.partial" / "config.json").read_bytes()
-    for extra, flag in ((["--lr", "0.01"], "--lr differs"), (["--target", "average", "--losses", "local"], "--target differs"),
+    for extra, flag in ((["--lr", "0.01"], "--lr differs"),
+                        (["--target", "average", "--losses", "local"], "--losses, --target, --target-search differ"),
                         (["--iters", "80"], "--iters differs")):
         r = subprocess.run([*CLI, "unlearn", *args, *extra, "--out", str(out), "--resume"], env=ENV,
                            capture_output=True, text=True, timeout=600)

@@ -52,7 +52,8 @@ def test_untouched_run_serves_and_records_what_it_judged(run):
     assert j["networks"]["judge"]["name"] == "sface-2021dec" and len(j["networks"]["train"]["sha256"]) == 64
     assert len(j["base_sha256"]) == 64 and j["engine_version"]
     info = TestClient(create_app(run, ServeConfig(allow_unverified=True))).get("/v1/model").json()
-    assert info["integrity"] == "weights and ledger match their records" and info["weights_sha256"] == j["weights_sha256"]
+    assert info["integrity"] == "weights and ledger match their records"
+    assert info["weights_sha256"] == j["weights_sha256"]
     assert CliRunner().invoke(main, ["sample", str(run), "--seeds", "0", "--out", str(run / "s.png")]).exit_code == 0
 
 
@@ -101,7 +102,8 @@ def test_swapped_onnx_is_refused(run, tmp_path):
     shutil.copy(b / "generator.onnx", a / "generator.onnx")
     for backend in ("onnxruntime", "auto"):
         _serve_refused(a, "generator.onnx", backend=backend)
-        _refused(["sample", str(a), "--backend", backend, "--seeds", "0", "--out", str(tmp_path / "s.png")], "generator.onnx")
+        _refused(["sample", str(a), "--backend", backend, "--seeds", "0", "--out", str(tmp_path / "s.png")],
+                 "generator.onnx")
 
 
 def test_hashes_are_checked_once_per_load(run, monkeypatch):

@@ -10,8 +10,9 @@ import torch
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from guide_engine.engine.batcher import MicroBatcher  # noqa: E402
 from guide_engine.engine.errors import GuideEngineError  # noqa: E402
-from guide_engine.engine.serve import MicroBatcher, ServeConfig, create_app  # noqa: E402
+from guide_engine.engine.serve import ServeConfig, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,14 @@ def run_dir(tiny_run_factory):
 
 def _mark_verified(run_dir, passed=True, required="forgotten"):
     """A report consistent with itself and bound to the run's files (as `verify` writes them)."""
-    from guide_engine.engine.sampling import verify_run_files
+    from guide_engine.engine.rundir import verify_files
 
     forgotten = passed or required == "robust"
     robust = passed and required == "robust"
     report = {"passed": passed, "required": required, "levels": {"forgotten": forgotten, "robust": robust},
               "identities": [{"forgotten": forgotten, "attack": {"robust": robust}}],
               "preservation": {"same_person_frac": 1.0}, "judge": {"name": "sface-2021dec"},
-              "judged": verify_run_files(run_dir)}
+              "judged": verify_files(run_dir)}
     (run_dir / "report.json").write_text(json.dumps(report))
 
 

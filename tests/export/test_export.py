@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, open_runner
 from guide_engine.engine.cli import main
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.export import parity
 from guide_engine.export.job import export_job
-from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, open_runner
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def test_fp32_parity_at_1_7_64(exported, generator):
     w = generator.latents_for_seeds(range(7))
     assert (runner.infer(w) - TorchRunner(generator).infer(w)).abs().max() <= 1e-4
     m = json.loads((out / "export.json").read_text())
-    assert m["artifacts"]["onnx"]["sha256"] and m["input"] == "w" and "CPUExecutionProvider" in m["artifacts"]["onnx"]["providers"]
+    assert m["artifacts"]["onnx"]["sha256"] and m["input"] == "w"
+    assert "CPUExecutionProvider" in m["artifacts"]["onnx"]["providers"]
     import onnx
 
     model = onnx.load(str(out / "generator.onnx"))
@@ -108,11 +109,13 @@ def test_trt_parity(tmp_path):
 
 
 def test_triton_repository_config_parses(tmp_path):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] (dev extra)")
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="tritonclient[grpc] (dev extra)")
     from google.protobuf import text_format
 
     run = tmp_path / "myrun"
-    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "8", "--out", str(run / "export"),
+    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "8", "--out",
+                                  str(run / "export"),
                                   "--triton-repo", str(tmp_path / "repo")])
     assert r.exit_code == 0, r.output
     model = tmp_path / "repo" / "guide_myrun"
@@ -147,12 +150,14 @@ def test_export_ships_a_throughput_table_and_auto_uses_it(tiny_run_factory, tmp_
     out = tmp_path / "exp"
     manifest = export_job(str(run), out, max_batch=8)
     t = manifest["throughput"]
-    assert set(t) == {"onnxruntime", "torch"} and all(set(r) == {"1", "7", "8"} and min(r.values()) > 0 for r in t.values())
+    assert set(t) == {"onnxruntime", "torch"}
+    assert all(set(r) == {"1", "7", "8"} and min(r.values()) > 0 for r in t.values())
     auto = open_runner(out, "auto")
     assert set(auto.runners) == {"onnxruntime", "torch"}
     w = generator.latents_for_seeds(range(3))
     torch.testing.assert_close(auto.infer(w), open_runner(out, "onnxruntime").infer(w), atol=1e-4, rtol=0)
-    r = CliRunner().invoke(main, ["sample", "--generator", str(out), "--seeds", "0-2", "--out", str(tmp_path / "a.npy")])
+    r = CliRunner().invoke(main, ["sample", "--generator", str(out), "--seeds", "0-2", "--out",
+                                  str(tmp_path / "a.npy")])
     assert r.exit_code == 0, r.output
     (run / "generator.safetensors").write_bytes(b"changed")  # the source moved on: torch must not compete
     assert set(open_runner(out, "auto").runners) == {"onnxruntime"}
@@ -177,7 +182,8 @@ def test_triton_names_are_per_export_and_a_taken_name_is_refused_first(tmp_path)
     run, repo = tmp_path / "myrun", tmp_path / "repo"
     assert model_name(run / "export") == "guide_myrun" and model_name(run / "export16") == "guide_myrun_export16"
     (repo / "guide_myrun").mkdir(parents=True)
-    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "2", "--out", str(run / "export"),
+    r = CliRunner().invoke(main, ["export", "digiface-dcgan64", "--onnx", "--max-batch", "2", "--out",
+                                  str(run / "export"),
                                   "--triton-repo", str(repo)])
     assert r.exit_code == 2 and "already exists" in r.output and not (run / "export").exists(), r.output
     assert not (run / "export.partial").exists()

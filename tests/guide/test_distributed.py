@@ -18,8 +18,9 @@ def _run(rank: int, world: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
     from guide_engine.engine.models import zoo
+    from guide_engine.guide.config import UnlearnConfig
     from guide_engine.guide.target import ufo_target
-    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+    from guide_engine.guide.unlearn import run_unlearning
 
     torch.set_num_threads(1)
     if world > 1:

@@ -8,8 +8,9 @@ from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
 from guide_engine.guide import ledger
+from guide_engine.guide.config import UnlearnConfig
 from guide_engine.guide.target import ufo_target
-from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+from guide_engine.guide.unlearn import run_unlearning
 
 SEEDS = (51, 52, 53, 54, 55)  # identities no other test forgets
 
@@ -93,7 +94,8 @@ def test_bad_many_inputs(tmp_path, generator):
     with torch.no_grad():
         save_png(generator.synthesize(generator.latents_for_seeds([51])), mixed / "a.png")
     (mixed / "notes.txt").write_text("not a face")
-    for args, msg in ((["--images", empty], "no files in it"), (["--images", mixed], "notes.txt: not a readable image")):
+    for args, msg in ((["--images", empty], "no files in it"),
+                      (["--images", mixed], "notes.txt: not a readable image")):
         out = tmp_path / "run"
         r = _unlearn(*args, "--out", out)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
@@ -136,5 +138,6 @@ def test_truncated_checkpoint_on_resume_is_one_line(generator, identity, tmp_pat
     run_unlearning(generator, identity, w_u, _targets(generator, w_u), cfg, checkpoint=ck, progress=False, stop_after=2)
     ck.write_bytes(ck.read_bytes()[:1000])
     with pytest.raises(GuideEngineError, match="does not load .* it is damaged") as e:
-        run_unlearning(generator, identity, w_u, _targets(generator, w_u), cfg, checkpoint=ck, resume=True, progress=False)
+        run_unlearning(generator, identity, w_u, _targets(generator, w_u), cfg, checkpoint=ck, resume=True,
+                       progress=False)
     assert "\n" not in str(e.value)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.guide.config import UnlearnConfig
 from guide_engine.guide.target import ufo_target
-from guide_engine.guide.unlearn import TargetCache, UnlearnConfig, iteration_latents, step_batched
+from guide_engine.guide.unlearn import TargetCache, iteration_latents, step_batched
 
 BF16_LOSS_RTOL = 0.02  # bf16 keeps 8 bits of mantissa; the losses are sums of many such products
 

@@ -9,9 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
+from guide_engine.guide.config import UnlearnConfig
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.guide.target import ufo_target
-from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+from guide_engine.guide.unlearn import run_unlearning
 
 SEED = 31  # an identity no other test forgets
 
@@ -49,14 +50,17 @@ def test_loss_is_zero_past_the_margin(generator, identity):
     assert found["robust"].item() == 0.0
     found["robust"].backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in G_u.parameters())
-    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0).loss(G_u, generator, 0)
+    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0).loss(G_u,
+                                                                                                             generator,
+                                                                                                             0)
     assert pulled["robust"].item() > 0
 
 
 def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
     w_u = generator.latents_for_seeds([SEED])
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
-    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2)  # re-seeds and banks before and after the checkpoint
+    # re-seeds and banks before and after the checkpoint
+    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2)
     cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
     a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
     ck = tmp_path / "ck.pt"
@@ -99,8 +103,8 @@ def test_robust_composes_with_micro_batches(generator, identity, monkeypatch):
     histories = []
     for micro_batch in (0, 2):
         steps.append([])
-        histories.append(run_unlearning(generator, identity, w_u, w_t, dataclasses.replace(cfg, micro_batch=micro_batch),
-                                        progress=False)[1])
+        split = dataclasses.replace(cfg, micro_batch=micro_batch)
+        histories.append(run_unlearning(generator, identity, w_u, w_t, split, progress=False)[1])
     assert len(steps[0]) == len(steps[1]) == 2 * (1 + cfg.robust.steps)  # per iteration: the attacker's, then G_u's
     for whole, parts in zip(histories[0], histories[1]):
         for k in ("total", "local", "adj", "glob", "robust", "attack_dist"):

@@ -6,8 +6,9 @@ import torch
 from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
+from guide_engine.guide.config import UnlearnConfig
 from guide_engine.guide.target import ufo_target
-from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+from guide_engine.guide.unlearn import run_unlearning
 
 
 def _setup(generator):
@@ -108,7 +109,8 @@ def test_push_past_is_zero_past_the_margin_and_pushes_the_face_away(generator, i
     torch.testing.assert_close(hinge.detach(), 2.0 - d0)
     (g,) = torch.autograd.grad(hinge.sum(), [w])
     with torch.no_grad():  # a small step down the hinge moves each face away from its person
-        d1 = identity.distance(identity.descriptors(generator.synthesize(w - 0.05 * g / g.norm(dim=1, keepdim=True))), src)
+        d1 = identity.distance(identity.descriptors(generator.synthesize(w - 0.05 * g / g.norm(dim=1, keepdim=True))),
+                               src)
     assert (d1 > d0).all()
 
 
@@ -125,7 +127,8 @@ def test_push_past_in_the_loop_batched_cached_and_reference_agree(generator, ide
     batch = iteration_latents(generator, w_u, w_t, cfg, it=4)
     g = copy.deepcopy(generator)
     cache = TargetCache(generator, identity, w_t, cfg).with_sources(generator, identity, w_u)
-    runs = [step_batched(g, generator, identity, batch, cfg, cache=cache), step_batched(g, generator, identity, batch, cfg),
+    runs = [step_batched(g, generator, identity, batch, cfg, cache=cache),
+            step_batched(g, generator, identity, batch, cfg),
             step_reference(g, generator, identity, batch, cfg)]
     assert runs[0]["push"].item() == pytest.approx(2 * 1.0 / 2, rel=1e-4)  # G_u = G_s: each face is its person
     for other in runs[1:]:
@@ -176,9 +179,9 @@ def test_cli_tiny_run(tmp_path, generator):
 
 
 def test_cli_push_past_resolves_its_margin_from_the_calibration(tmp_path, generator, identity):
-    from guide_engine.guide.job import PUSH_MARGIN_REL
     from guide_engine.engine.files import state_sha256
-    from guide_engine.guide.metrics import calibrate
+    from guide_engine.guide.calibration import calibrate
+    from guide_engine.guide.config import PUSH_MARGIN_REL
 
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["unlearn", "--seed", "3", "--out", str(out), "--iters", "2", "--push-past"])

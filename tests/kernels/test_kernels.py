@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from guide_engine.engine.errors import GuideEngineError
-from guide_engine.kernels import (identity_distance, identity_distance_reference, latent_adjacency,
-                                  latent_adjacency_reference)
+from guide_engine.kernels import (
+    identity_distance,
+    identity_distance_reference,
+    latent_adjacency,
+    latent_adjacency_reference,
+)
 
 pytest.importorskip("triton", reason="triton is not installed")
 interpret = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 on the CPU")

@@ -6,8 +6,12 @@ import os
 import pytest
 import torch
 
-from guide_engine.kernels import (identity_distance, identity_distance_reference, latent_adjacency,
-                                  latent_adjacency_reference)
+from guide_engine.kernels import (
+    identity_distance,
+    identity_distance_reference,
+    latent_adjacency,
+    latent_adjacency_reference,
+)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine.models import nvlabs
 from guide_engine.engine.cli import main
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.models import nvlabs
 
 FAKE = Path(__file__).with_name("fake_nvlabs_networks.py")
 
@@ -109,7 +109,8 @@ def test_nvlabs_custom_ops_import_after_build(monkeypatch):
 
 
 def test_eg3d_adapter_views_planes_and_trained_subset(nvlabs_code):
-    from guide_engine.guide.unlearn import UnlearnConfig, iteration_latents
+    from guide_engine.guide.config import UnlearnConfig
+    from guide_engine.guide.unlearn import iteration_latents
 
     code, pkls = nvlabs_code
     G = _load(pkls["eg3d"], code)
@@ -128,7 +129,8 @@ def test_eg3d_adapter_views_planes_and_trained_subset(nvlabs_code):
         view = iteration_latents(G, w[:1], w[1:], cfg, it).view
         origin = view[0, :16].view(4, 4)[:3, 3]
         assert origin.norm().item() == pytest.approx(2.7, rel=1e-5)
-        assert origin[1].item() == pytest.approx(2.7 * math.cos(math.acos(1 - 2 * (math.pi / 2 - 0.2) / math.pi)), rel=1e-5)
+        assert origin[1].item() == pytest.approx(2.7 * math.cos(math.acos(1 - 2 * (math.pi / 2 - 0.2) / math.pi)),
+                                                 rel=1e-5)
         yaws.append(math.atan2(origin[0].item(), origin[2].item()))
     assert max(abs(y) for y in yaws) <= math.pi / 12 + 1e-6 and len(set(round(y, 6) for y in yaws)) == 12
     trained = {n for n, p in G.G.named_parameters() if any(p is q for q in G.trainable_parameters())}
@@ -152,7 +154,8 @@ def test_sampling_an_eg3d_pickle_repeats(nvlabs_code):
 def test_eg3d_runs_repeat_despite_random_rendering(nvlabs_code, identity):
     """EG3D draws ray samples from the global RNG; the loop seeds it per iteration, so two runs (and a
     run in micro-batches of 1 against the same run's iteration-wise seeding) repeat."""
-    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+    from guide_engine.guide.config import UnlearnConfig
+    from guide_engine.guide.unlearn import run_unlearning
 
     code, pkls = nvlabs_code
     G = _load(pkls["eg3d"], code)
@@ -230,7 +233,8 @@ def test_arcface_ir_se50_loads_official_state_dict(tmp_path):
     state = _random_ir_se50_state()
     # facts of the official file (InsightFace_Pytorch / pSp / GUIDE's arcface.py layout), independent of our module
     assert len(state) == 397
-    assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 43_797_696
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert sum(v.numel() for k, v in state.items() if not k.endswith(buffers)) == 43_797_696
     for k, shape in {"input_layer.0.weight": (64, 3, 3, 3), "body.0.res_layer.5.fc1.weight": (4, 64, 1, 1),
                      "body.3.shortcut_layer.0.weight": (128, 64, 1, 1), "output_layer.3.weight": (512, 25088),
                      "body.23.res_layer.4.weight": (512,), "output_layer.4.running_var": (512,)}.items():
@@ -258,9 +262,10 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
     records at iteration 0 is that of an attacker built on ArcFace alone (advanced once through the
     pretrained generator, as the loop does before its first step), in ArcFace's distance."""
     from guide_engine.engine.models import zoo
+    from guide_engine.guide.config import UnlearnConfig
     from guide_engine.guide.robust import Attacker, RobustConfig
     from guide_engine.guide.target import ufo_target
-    from guide_engine.guide.unlearn import ATTACKER_SEED, UnlearnConfig, pretrained_photos, run_unlearning
+    from guide_engine.guide.unlearn import ATTACKER_SEED, pretrained_photos, run_unlearning
 
     torch.save(_random_ir_se50_state(), tmp_path / "model_ir_se50.pth")
     arcface = zoo.load_identity(f"arcface-ir-se50:{tmp_path / 'model_ir_se50.pth'}")
@@ -269,9 +274,11 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
     robust = RobustConfig(pool=2, steps=1, margin=0.5, preserve=0)
     cfg = UnlearnConfig(iters=1, alpha_max=5.0, n_adj=1, n_glob=1, seed=3, robust=robust)
     _, history = run_unlearning(generator, arcface, w_u, w_t, cfg, progress=False)
-    alone = Attacker(generator, arcface, pretrained_photos(generator, w_u, cfg.seed), robust, cfg.seed + ATTACKER_SEED * 0)
+    alone = Attacker(generator, arcface, pretrained_photos(generator, w_u, cfg.seed), robust,
+                     cfg.seed + ATTACKER_SEED * 0)
     alone.advance(generator, 0)
-    assert history[0]["attack_dist"] == pytest.approx(alone.loss(generator, generator, 0)["attack_dist"].item(), rel=1e-4)
+    assert history[0]["attack_dist"] == pytest.approx(alone.loss(generator, generator, 0)["attack_dist"].item(),
+                                                      rel=1e-4)
 
 
 def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity, tmp_path):
@@ -279,8 +286,9 @@ def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity,
     runs and a resumed one repeat bit for bit, and differ from GUIDE alone."""
     import dataclasses
 
+    from guide_engine.guide.config import UnlearnConfig
     from guide_engine.guide.robust import RobustConfig
-    from guide_engine.guide.unlearn import UnlearnConfig, run_unlearning
+    from guide_engine.guide.unlearn import run_unlearning
 
     code, pkls = nvlabs_code
     G = _load(pkls["eg3d"], code)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from guide_engine.engine.models import zoo
 from guide_engine.engine.images import to_uint8
+from guide_engine.engine.models import zoo
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin (the `dev` extra) is needed for the parity test")
 

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from guide_engine.engine.models import zoo
-from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine import files
+from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.models import zoo
 
 PAYLOAD = b"pretend weights " * 1000
 
