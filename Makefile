@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 OUT ?= results/demo
 
-.PHONY: setup models demo test clean
+.PHONY: setup models demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,11 @@ demo: models
 	$(VENV)/bin/guide-engine verify $(OUT)/run
 	@echo "demo results: $(OUT)/samples.png, $(OUT)/run/before_after.png, $(OUT)/run/losses.png, $(OUT)/run/report.html (open it in a browser), $(OUT)/run/report.json"
 
+lint: setup
+	$(VENV)/bin/ruff check .
+
 # Triton kernels run on CPU tensors through the interpreter in the tests.
-test: models
+test: lint models
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 clean:
