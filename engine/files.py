@@ -41,13 +41,14 @@ def _umask() -> int:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file.
     The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600: a server running
-    as another user reads a run or an export as it would read any file."""
+    as another user reads a run or an export as it would read any file. The mode is set after `write`, which may
+    have made the file anew (safetensors' save_file does, as 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -104,14 +104,20 @@ def test_written_files_follow_the_umask(tmp_path):
     """Runs and exports are read by servers running as other users: 0666 less the umask, not mkstemp's 0600."""
     import os
 
-    from guide_engine.engine.files import write_json
+    import torch
+    from safetensors.torch import save_file
+
+    from guide_engine.engine.files import atomic_write, write_json
 
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "a.json", {"x": 1})
+        # save_file makes its file anew, as 0600: the weights of every run were unreadable to other users
+        atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
         os.umask(0o077)
         write_json(tmp_path / "b.json", {"x": 1})
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
