@@ -1,9 +1,9 @@
 """`guide-engine verify` as a library function: a run or export directory => report.json, report.png.
 
 Graded by two networks side by side (guide/metrics.py; thresholds from guide/calibration.py): the training
-identity network and the judge,
-which no loss and no attacker saw. Every identity of the run's ledger (guide/ledger.py) gets a row: the
-judge at its w_u, its neighbours, and the re-inversion attacker (guide/attack.py) with its photo (the
+identity network and the judge, which no loss and no attacker saw. Every identity of the run's ledger
+(guide/ledger.py) gets a row: the judge at its w_u, its neighbours, and the re-inversion attacker
+(guide/attack.py) with its photo (the
 photo itself when given with --image, else the aligned crop the run kept, else the pretrained image of w_u)
 against the unlearned generator; whether the pretrained generator drew the photo's person at all (`drawn`,
 under the judge: a person it never drew is "not drawn") and whether the run's w_u is that person (`found`: a
