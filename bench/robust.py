@@ -100,8 +100,8 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     if not (run / rundir.MANIFEST).exists():
         iters, robust = settings(name, overrides)
         unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust), progress=False)
-    rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps, loss=loss), n_preserve=n_preserve,
-                     device=device)
+    rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps), n_preserve=n_preserve, device=device,
+                     attackers=(loss,))
     manifest = json.loads((run / rundir.MANIFEST).read_text())
     i, a, p = rep["identity"], rep["attack"], rep["preservation"]
     last = history.read(run / rundir.HISTORY)[-IN_LOOP_LAST:]

@@ -227,14 +227,14 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--require", type=click.Choice(["forgotten", "robust"]), default="forgotten", show_default=True,
               help="The verdict level that sets the exit code: forgotten at w_u, or also robust to re-inversion.")
 @click.option("--image", "images", multiple=True, help="A photo the run forgot: the attacker inverts it (repeatable).")
-@click.option("--attack-starts", type=int, default=8, show_default=True,
-              help="Re-inversion attack: starts from the prior.")
-@click.option("--attack-steps", type=int, default=300, show_default=True, help="Re-inversion attack: Adam steps.")
+@click.option("--attack-starts", type=int, default=None,
+              help="Re-inversion attacks: starts from the prior per identity and attacker [32].")
+@click.option("--attack-steps", type=int, default=None, help="Re-inversion attacks: Adam steps [300].")
 @click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
               help="Networks' passes during the attack [docs/performance.md].")
-@click.option("--attack-loss", type=click.Choice(["identity", "pixel"]), default="identity", show_default=True,
-              help="The attacker's inversion loss: pixel MSE + perceptual + identity distance, or without the "
-                   "identity term.")
+@click.option("--attackers", default="identity,pixel", show_default=True,
+              help="identity: inverts with pixel MSE + perceptual + the training network's identity distance; pixel: "
+                   "without the identity term. The level robust needs both.")
 @click.option("--no-reinversion", is_flag=True,
               help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
@@ -244,7 +244,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--device", default=None, help="Generators and attacker: cpu or cuda (default: cuda when present).")
 @nvlabs_options
 @quiet_option
-def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, attack_loss,
+def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, attackers,
            no_reinversion, n_preserve, compare, as_json, device) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
     attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
@@ -260,9 +260,10 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
-                        attack=AttackConfig(starts=attack_starts, steps=attack_steps, loss=attack_loss,
-                                            precision=attack_precision or DEFAULT_PRECISION), progress=not as_json,
-                        device=default_device(device))
+                        attack=AttackConfig(**{k: v for k, v in (("starts", attack_starts), ("steps", attack_steps))
+                                               if v is not None}, precision=attack_precision or DEFAULT_PRECISION),
+                        progress=not as_json, device=default_device(device),
+                        attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()))
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
         why = {"not drawn": " the generator did not draw this person before unlearning (outcome: not drawn), so no "

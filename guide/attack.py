@@ -16,10 +16,13 @@ import torch
 
 from .invert import descend
 
+ATTACKERS = ("identity", "pixel")  # every verify runs both (docs/verification.md)
+ATTACK_BATCH = 64  # rows (identities x starts) descended together; more go in further batches
+
 
 @dataclass(frozen=True)
 class AttackConfig:
-    starts: int = 8  # latents drawn from the prior, all descended as one batch
+    starts: int = 32  # latents drawn from the prior per identity, all identities' descended in batches
     steps: int = 300
     lr: float = 0.05  # the inversion's own step size
     seed: int = 100  # the starts are G.sample_latents(starts, torch.Generator().manual_seed(seed))
@@ -36,7 +39,19 @@ class AttackConfig:
 def reinvert(generator, identity_net, photo: torch.Tensor, cfg: AttackConfig = AttackConfig(),
              progress: bool = False, label: str = "attack") -> torch.Tensor:
     """photo (1, 3, H, W) in [-1, 1] => (starts, *S) the latents the attacker ends at, one per start."""
-    photo = photo.to(generator.average_latent().device)
-    starts = generator.sample_latents(cfg.starts, torch.Generator().manual_seed(cfg.seed)).to(photo)
-    return descend(generator, identity_net, photo, starts, cfg.steps, cfg.lr, progress, label, cfg.precision,
-                   identity_term=cfg.loss == "identity")
+    return reinvert_all(generator, identity_net, photo, cfg, progress, label)[0]
+
+
+def reinvert_all(generator, identity_net, photos: torch.Tensor, cfg: AttackConfig = AttackConfig(),
+                 progress: bool = False, label: str = "attack") -> torch.Tensor:
+    """photos (N, 3, H, W), one per person => (N, starts, *S): every person attacked from the same starts, all
+    rows descended together in batches of ATTACK_BATCH (each row follows the path it would follow alone)."""
+    photos = photos.to(generator.average_latent().device)
+    starts = generator.sample_latents(cfg.starts, torch.Generator().manual_seed(cfg.seed)).to(photos)
+    n, s = len(photos), len(starts)
+    rows_w = starts.repeat(n, *[1] * (starts.dim() - 1))  # person-major: person i's starts are rows i*s..i*s+s-1
+    rows_x = photos.repeat_interleave(s, dim=0)
+    ends = [descend(generator, identity_net, rows_x[i:i + ATTACK_BATCH], rows_w[i:i + ATTACK_BATCH], cfg.steps,
+                    cfg.lr, progress, label, cfg.precision, identity_term=cfg.loss == "identity")
+            for i in range(0, n * s, ATTACK_BATCH)]
+    return torch.cat(ends).view(n, s, *starts.shape[1:])

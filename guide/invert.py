@@ -15,7 +15,7 @@ from .losses import feature_distance
 
 
 def inversion_loss(generator, identity_net, w, image, feats_x, desc_x, identity_term: bool = True):
-    """=> (per-sample loss (N,), per-sample pixel MSE (N,)) of latents w against one photo: pixel MSE +
+    """=> (per-sample loss (N,), per-sample pixel MSE (N,)) of latents w against one photo (or one each): pixel MSE +
     perceptual (the network's features) + identity distance (its descriptor; left out with identity_term=False)."""
     x = generator.synthesize(w)
     feats, desc = identity_net.features(x)
@@ -35,7 +35,8 @@ def at_precision(identity_net, precision: str):
 def descend(generator, identity_net, image: torch.Tensor, start: torch.Tensor, steps: int, lr: float = 0.05,
             progress: bool = True, label: str = "invert", precision: str = "fp32",
             identity_term: bool = True) -> torch.Tensor:
-    """Adam on K latents at once, each against the same photo: (K, *S) starts => (K, *S) latents.
+    """Adam on K latents at once, each against the same photo (image (1, 3, H, W)) or against its own (image
+    (K, 3, H, W): several people's attacks in one batch): (K, *S) starts => (K, *S) latents.
     The loss is a sum of per-latent losses and Adam is elementwise, so each row follows the path it would
     follow alone (one generator call per step instead of K). Gradients flow to w only: the generator's
     parameters get none, even when they require grad (the unlearning loop's G_u)."""

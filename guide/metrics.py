@@ -6,14 +6,19 @@ Calibration: distances between random pairs of the base generator's images (stra
 network's own distance. Per network:
   forgotten at w_u   dist(pretrained(w_u), unlearned(w_u)) >= the strangers' median
   kept               a random latent's pretrained-vs-unlearned distance < the strangers' 5th percentile
-  robust             the re-inversion attack's best face is still >= the strangers' 1st percentile from the photo
-The verdict (see `levels`): *forgotten* = forgotten at w_u by the judge, and at least 95% of random faces
-kept by both networks; *robust* = forgotten, and the attack fails under both networks.
+  robust             every re-inversion attack's best face is still >= the strangers' 1st percentile from the photo
+The verdict (see `verdict`): *forgotten* = forgotten at w_u by the judge, and at least 95% of random faces
+kept by both networks; *robust* = forgotten, and under the judge no face of either attacker (with the training
+network in its loss, or pixels and features only) comes within the line. The training network's figures for
+the attacks are the attacker's own objective (white-box: an optimiser drives any network it descends through)
+and are reported beside, not part of the level.
 A fixed threshold does not transfer: with dlib on the DigiFace DCGAN most stranger pairs fall under
 dlib's 0.6, which is reported beside for reference only. Cosines are reported raw and centred (the mean
 embedding of base samples subtracted).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -119,13 +124,16 @@ def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: i
 
 def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
     """The two levels over all identities: forgotten (each at w_u, by the judge; others kept) and robust
-    (also each attack fails under both networks; None when the attack was not run). An identity whose photo the
+    (also no attacker's face comes within the judge's p1; None when the attack was not run). An identity whose photo the
     pretrained generator never drew (`drawn` False: verify.drawn_figures), or whose w_u is not them (`found` False),
     is forgotten by no one: no level holds."""
+    from .attack import ATTACKERS
+
     forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False and r.get("found") is not False for r in rows)
                      and preservation["same_person_frac"] >= MIN_KEPT)
-    return {"forgotten": forgotten,
-            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if attacked else None}
+    both = attacked and all(set(r["attack"].get("attackers", {})) >= set(ATTACKERS) for r in rows)
+    return {"forgotten": forgotten,  # robust is measured only when every attacker ran
+            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if both else None}
 
 
 def thresholds(train: Judged, judge: Judged) -> dict:
@@ -143,65 +151,105 @@ def network_info(j: Judged) -> dict:
 
 
 def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
-    """The identity closest to failing: the attack's best relative to the robust line when there is an
-    attack, else the judge's distance at w_u relative to the forgotten line."""
+    """The identity closest to failing, under the judge: the attacks' best face relative to the robust line when
+    there is an attack, else the distance at w_u relative to the forgotten line."""
     def margin(r: dict) -> float:
         if r.get("drawn") is False or r.get("found") is False:  # comes first: the report says why
             return -1.0
         m = r["judge_id_dist"] / judge.calib["strangers_dist_median"]
         if "attack" in r:
             a = r["attack"]
-            m = min(m, a["judge_best"] / judge.calib["strangers_dist_p1"],
-                    a["train_best"] / train.calib["strangers_dist_p1"])
+            m = min(m, a["judge_best"] / judge.calib["strangers_dist_p1"])
         return m
 
     return min(range(len(rows)), key=lambda i: margin(rows[i]))
 
 
 @torch.no_grad()
-def attack_figures(G_s, G_u, train: Judged, judge: Judged, photo: torch.Tensor, cfg, target: str,
-                   progress: bool = False, w_u: torch.Tensor | None = None, radius: float | None = None) -> dict:
-    """Run the re-inversion attacker (guide/attack.py, training network only) on the unlearned generator
-    and, as the reference, on the pretrained one; grade what it finds with both networks against the photo.
-    `{key}_starts_closer_than_p1` counts the starts that found the person (0 when robust). Where the
-    unlearned generator's best face lies, per network: `{key}_best_pretrained_there` is what the
-    pretrained generator draws at that same latent (about as close: a place where it already drew the
-    person, left as it was; much farther: the unlearning drew the person somewhere new), and, given w_u and
-    the typical radius, `{key}_best_from_w_u` is that latent's distance from w_u in radii.
-    => {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images": ...}."""
-    from .attack import reinvert
+def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Tensor], cfg,
+                   attackers: tuple[str, ...], targets: list[str], progress: bool = False,
+                   w_u: torch.Tensor | None = None, radius: float | None = None) -> list[dict]:
+    """Every identity's photo attacked by each re-inversion attacker (guide/attack.py: `identity` descends with
+    the training network in its loss, `pixel` without an identity term; neither sees the judge), all identities'
+    starts in batches; the identity attacker also runs on the pretrained generator, the reference. Per attacker
+    and network: the best face's distance to the photo, and the attack's success, the fraction of starts that
+    end closer than the strangers' p1 (`{key}_starts_closer_than_p1` counts them). Where the best face lies:
+    `{key}_best_pretrained_there`, what the pretrained generator draws at that latent (about as close: a place
+    where it already drew the person, left as it was), and `{key}_best_from_w_u`, that latent's distance from
+    w_u in radii. An identity is robust when, under the judge, no attacker's face comes within its p1; the
+    training network's figures are the attackers' own objective (white-box), reported beside.
+    => per identity {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images"}."""
+    from .attack import reinvert_all
 
-    with torch.enable_grad():
-        lat_u = reinvert(G_u, train.net, photo, cfg, progress, "attack on the unlearned generator")
-        lat_s = reinvert(G_s, train.net, photo, cfg, progress, "attack on the pretrained generator")
-    x_u, x_s = G_u.synthesize(lat_u).cpu(), G_s.synthesize(lat_s).cpu()
-    photo = photo.cpu()
-    fig, best = {}, {}
-    for key, j in (("train", train), ("judge", judge)):
-        ref = j.desc(photo)
-        d_u, d_s = j.dist(j.desc(x_u), ref), j.dist(j.desc(x_s), ref)
-        nearest, p1 = d_u.min().item(), j.calib["strangers_dist_p1"]
-        fig[f"{key}_best"], fig[f"{key}_pretrained"] = nearest, d_s.min().item()
-        fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, nearest)
-        fig[f"{key}_robust"] = nearest >= p1
-        fig[f"{key}_starts_closer_than_p1"] = int((d_u < p1).sum())  # of cfg.starts
-        best[key] = (int(d_u.argmin()), int(d_s.argmin()))
-        there = lat_u[best[key][0]:best[key][0] + 1]
-        fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref).item()
-        if w_u is not None and radius:
-            fig[f"{key}_best_from_w_u"] = ((there - w_u).norm() / radius).item()
-    fig.update({"robust": bool(fig["train_robust"] and fig["judge_robust"]), "starts": cfg.starts,
-                "steps": cfg.steps, "precision": cfg.precision, "loss": cfg.loss, "target": target,
-                "network": train.name})
-    # The old keys: the training network's raw cosine at its own best face.
-    ref = train.desc(photo)
-    iu, is_ = best["train"]
-    legacy = {"reinversion_id_sim": F.cosine_similarity(train.desc(x_u[iu:iu + 1]), ref).item(),
-              "reinversion_id_sim_pretrained": F.cosine_similarity(train.desc(x_s[is_:is_ + 1]), ref).item(),
-              "reinversion_starts": cfg.starts, "reinversion_steps": cfg.steps}
-    ju, js = best["judge"]
-    images = {"photo": photo, "unlearned": x_u[ju:ju + 1], "pretrained": x_s[js:js + 1]}
-    return {"figures": fig, "legacy": legacy, "images": images}
+    x_photo = torch.cat(photos)
+    ends, faces = {}, {}
+    for kind in attackers:
+        kcfg = dataclasses.replace(cfg, loss=kind)
+        with torch.enable_grad():
+            ends[kind] = reinvert_all(G_u, train.net, x_photo, kcfg, progress, f"{kind} attack, unlearned")
+        faces[kind] = _render(G_u, ends[kind])
+    if "identity" in attackers:
+        with torch.enable_grad():
+            ends["pretrained"] = reinvert_all(G_s, train.net, x_photo, dataclasses.replace(cfg, loss="identity"),
+                                              progress, "identity attack, pretrained")
+        faces["pretrained"] = _render(G_s, ends["pretrained"])
+    out = []
+    for i, photo in enumerate(photos):
+        photo = photo.cpu()
+        per, best, ref = {}, {}, {}
+        for key, j in (("train", train), ("judge", judge)):
+            ref[key] = j.desc(photo)
+            p1 = j.calib["strangers_dist_p1"]
+            for kind in attackers:
+                d = j.dist(j.desc(faces[kind][i]), ref[key])
+                at = int(d.argmin())
+                there = ends[kind][i, at:at + 1]
+                fig = per.setdefault(kind, {})
+                fig[f"{key}_best"] = d[at].item()
+                fig[f"{key}_success"] = (d < p1).float().mean().item()
+                fig[f"{key}_starts_closer_than_p1"] = int((d < p1).sum())
+                fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d[at].item())
+                fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref[key]).item()
+                if w_u is not None and radius:
+                    fig[f"{key}_best_from_w_u"] = ((there - w_u[i:i + 1]).norm() / radius).item()
+                best.setdefault(key, {})[kind] = at
+            if "pretrained" in faces:
+                d_s = j.dist(j.desc(faces["pretrained"][i]), ref[key])
+                per["identity"][f"{key}_pretrained"] = d_s.min().item()
+                best[key]["pretrained"] = int(d_s.argmin())
+        fig = {"attackers": per}
+        for key, j in (("train", train), ("judge", judge)):  # over the attackers: the closest face, the most success
+            closest = min(attackers, key=lambda k: per[k][f"{key}_best"])
+            fig.update({name: per[closest][name] for name in per[closest] if name.startswith(key + "_")})
+            fig[f"{key}_attacker"] = closest
+            fig[f"{key}_success"] = max(per[k][f"{key}_success"] for k in attackers)
+            fig[f"{key}_starts_closer_than_p1"] = max(per[k][f"{key}_starts_closer_than_p1"] for k in attackers)
+            fig[f"{key}_robust"] = fig[f"{key}_best"] >= j.calib["strangers_dist_p1"]
+            fig[f"{key}_pretrained"] = per.get("identity", {}).get(f"{key}_pretrained")
+        fig.update({"robust": bool(fig["judge_robust"]), "starts": cfg.starts, "steps": cfg.steps,
+                    "precision": cfg.precision, "loss": "+".join(attackers), "target": targets[i],
+                    "network": train.name})
+        legacy = {"reinversion_starts": cfg.starts, "reinversion_steps": cfg.steps}
+        if "identity" in attackers:  # the old keys: the training network's raw cosine at its own best face
+            def cos(kind: str) -> float:
+                at = best["train"][kind]
+                return F.cosine_similarity(train.desc(faces[kind][i][at:at + 1]), ref["train"]).item()
+
+            legacy.update(reinversion_id_sim=cos("identity"), reinversion_id_sim_pretrained=cos("pretrained"))
+        ju = best["judge"][fig["judge_attacker"]]
+        images = {"photo": photo, "unlearned": faces[fig["judge_attacker"]][i][ju:ju + 1]}
+        if "pretrained" in faces:
+            js = best["judge"]["pretrained"]
+            images["pretrained"] = faces["pretrained"][i][js:js + 1]
+        out.append({"figures": fig, "legacy": legacy, "images": images})
+    return out
+
+
+def _render(G, ends: torch.Tensor) -> torch.Tensor:
+    """(N, starts, *S) latents => (N, starts, 3, H, W) images on the CPU, drawn in batches."""
+    n, s = ends.shape[:2]
+    x = in_batches(G.synthesize, ends.flatten(0, 1), synthesis_batch(G)).cpu()
+    return x.view(n, s, *x.shape[1:])
 
 
 def collapse_sim(G_s, net, targets: list[torch.Tensor]) -> float:

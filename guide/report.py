@@ -53,10 +53,13 @@ def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, 
     titles = ["pretrained w_u\n ", f"unlearned w_u\njudge {i['judge_id_dist']:.2f} {short} {i['id_dist']:.2f}"]
     if attack_images is not None:
         a = report["attack"]
-        top = [attack_images["photo"], *top, attack_images["unlearned"], attack_images["pretrained"]]
+        top = [attack_images["photo"], *top, attack_images["unlearned"]]
+        by = a["judge_attacker"]
         titles = ["attacker's photo\n ", *titles,
-                  f"attack, unlearned\njudge {a['judge_best']:.2f} {short} {a['train_best']:.2f}",
-                  f"attack, pretrained\njudge {a['judge_pretrained']:.2f} {short} {a['train_pretrained']:.2f}"]
+                  f"{by} attack, unlearned\njudge {a['judge_best']:.2f} {short} {a['attackers'][by]['train_best']:.2f}"]
+        if "pretrained" in attack_images:
+            top.append(attack_images["pretrained"])
+            titles.append(f"attack, pretrained\njudge {a['judge_pretrained']:.2f} {short} {a['train_pretrained']:.2f}")
     n_near = min(4, len(worst["xn_pre"]))
     pre = torch.cat([*(p["x_pre"] for p in pictures[:8]), worst["xn_pre"][:n_near], random_faces["pre"]])
     un = torch.cat([*(p["x_un"] for p in pictures[:8]), worst["xn_un"][:n_near], random_faces["un"]])
@@ -129,20 +132,22 @@ def verdict_lines(report: dict) -> list[str]:
                  f"{report['thresholds']['min_same_person_frac']:.0%})")
     if "attack" in report:
         a = report["attack"]
-        worst = min((a["judge_best"] / j["strangers"]["p1"], "judge", a["judge_best"], j["strangers"]["p1"], "judge"),
-                    (a["train_best"] / t["strangers"]["p1"], t["name"], a["train_best"], t["strangers"]["p1"], "train"))
-        if a["robust"]:
-            lines.append(f"robust to re-inversion: {yes(report['levels']['robust'])}, the attack gets no closer than "
-                         f"{a['judge_best']:.3f} (judge) / {a['train_best']:.3f} ({t['name']}); same person below "
-                         f"{j['strangers']['p1']:.3f} / {t['strangers']['p1']:.3f}"
+        own = f"{t['name']}, the attackers' own network (white-box): best {a['train_best']:.3f}, " \
+              f"{a['train_starts_closer_than_p1']} of {a['starts']} starts under its p1 {t['strangers']['p1']:.3f}"
+        if report["levels"]["robust"] is None:
+            lines.append(f"robust to re-inversion: not measured (attackers run: {a['loss']}; the level needs "
+                         f"identity+pixel)")
+        elif a["robust"]:
+            lines.append(f"robust to re-inversion: {yes(report['levels']['robust'])}, no attacker's face comes within "
+                         f"the judge's same-person line {j['strangers']['p1']:.3f}: the closest is "
+                         f"{a['judge_best']:.3f} ({a['judge_attacker']} attacker, {a['starts']} starts each); {own}"
                          + ("" if report["levels"]["forgotten"] else "; but not forgotten (above)"))
         else:
-            found = a.get(f"{worst[4]}_starts_closer_than_p1")  # the report's key of that network
-            lines.append(f"robust to re-inversion: NO, the attack reaches {worst[2]:.3f} ({worst[1]}), same person "
-                         f"below {worst[3]:.3f}" + ("" if found is None else f" ({found} of {a['starts']} starts get "
-                                                                             "there)")
-                         + f"; to the judge its face is closer than {1 - a['judge_strangers_closer_frac']:.1%} of "
-                           "strangers are")
+            lines.append(f"robust to re-inversion: NO, the {a['judge_attacker']} attacker reaches "
+                         f"{a['judge_best']:.3f} (judge), same person below {j['strangers']['p1']:.3f}; attack success "
+                         f"{a['judge_success']:.0%} ({a['judge_starts_closer_than_p1']} of {a['starts']} starts get "
+                         f"there); to the judge its face is closer than {1 - a['judge_strangers_closer_frac']:.1%} of "
+                         f"strangers are; {own}")
     else:
         lines.append("robust to re-inversion: not measured (--no-reinversion)")
     return lines
@@ -171,19 +176,23 @@ def summary_rows(report: dict) -> list[tuple]:
                  ("  drawn before unlearning (w_u or the attack)", None, i["drawn"])]
     if "attack" in report:
         a = report["attack"]
-        how = f"{a['starts']} starts x {a['steps']} steps" + (", no identity term" if a.get("loss") == "pixel" else "")
-        rows += [(f"attack ({how}): best, unlearned", a["train_best"], a["judge_best"]),
-                 ("  pretrained generator at that latent", a.get("train_best_pretrained_there"),
+        rows += [(f"attacks ({a['loss'].replace('+', ' + ')}; {a['starts']} starts x {a['steps']} steps each)",
+                  "white-box", "the level"),
+                 ("  best face, unlearned generator", a["train_best"], a["judge_best"]),
+                 ("  by the attacker", a["train_attacker"], a["judge_attacker"])]
+        for kind, k in a.get("attackers", {}).items():
+            rows += [(f"  {kind} attacker: best", k["train_best"], k["judge_best"]),
+                     (f"  {kind} attacker: success (starts under p1)", k["train_success"], k["judge_success"])]
+        rows += [("  pretrained generator at the best face's latent", a.get("train_best_pretrained_there"),
                   a.get("judge_best_pretrained_there")),
                  ("  that latent's distance from w_u (radii)", a.get("train_best_from_w_u"),
                   a.get("judge_best_from_w_u")),
-                 ("  same attack on the pretrained generator", a["train_pretrained"], a["judge_pretrained"]),
+                 ("  identity attack on the pretrained generator", a.get("train_pretrained"),
+                  a.get("judge_pretrained")),
                  ("  same person below (strangers' p1)", th["robust_if_attack_dist_at_least"]["train"],
                   th["robust_if_attack_dist_at_least"]["judge"]),
-                 ("  strangers closer than the attack's face", a["train_strangers_closer_frac"],
-                  a["judge_strangers_closer_frac"]),
-                 ("  starts that end closer than p1", a.get("train_starts_closer_than_p1"),
-                  a.get("judge_starts_closer_than_p1"))]
+                 ("  strangers closer than the best face", a["train_strangers_closer_frac"],
+                  a["judge_strangers_closer_frac"])]
     return rows
 
 

@@ -16,6 +16,7 @@ Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage er
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from ..engine.files import state_sha256
 from ..engine.models import zoo
 from ..engine.rng import seeded_rng
 from . import calibration, ledger, metrics
-from .attack import AttackConfig
+from .attack import ATTACKERS, AttackConfig
 from .report import outcome, save_report_picture, write_html
 from .target import typical_radius
 
@@ -97,9 +98,11 @@ def drawn_figures(judge: calibration.Judged, photo: torch.Tensor, x_pre: torch.T
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
                reinversion: bool = True, judge: str = zoo.DEFAULT_JUDGE, require: str = "forgotten",
                images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False,
-               device: str = "cpu") -> dict:
-    """device: where the generators, the training network and the attacker run (the SFace judge runs on
-    ONNX Runtime's CPU provider whatever it is); an export's runner keeps its own."""
+               device: str = "cpu", attackers: tuple[str, ...] = ATTACKERS) -> dict:
+    """device: where the generators, the training network and the attackers run (the SFace judge runs on
+    ONNX Runtime's CPU provider whatever it is); an export's runner keeps its own. `attackers`: which of
+    guide/attack.py's attackers run (both by default; the level `robust` needs both)."""
+    t_start = time.perf_counter()
     run = Path(run)
     if n_preserve < 2:
         raise GuideEngineError(f"--n-preserve {n_preserve}: needs at least 2")
@@ -109,6 +112,10 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         raise GuideEngineError("--require robust needs the re-inversion attack; drop --no-reinversion")
     if attack.starts < 1 or attack.steps < 1:
         raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
+    if not attackers or set(attackers) - set(ATTACKERS) or len(set(attackers)) != len(attackers):
+        raise GuideEngineError(f"--attackers {','.join(attackers)}: one or both of {','.join(ATTACKERS)}")
+    if require == "robust" and set(attackers) != set(ATTACKERS):
+        raise GuideEngineError(f"--require robust needs both attackers ({','.join(ATTACKERS)})")
     if backend == "torch":
         G_u = rundir.load_generator(run, device)
         base_name, verified = G_u.name, G_u.verified
@@ -146,13 +153,17 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         views = G_s.eval_views() if backend == "torch" and hasattr(G_s, "eval_views") else None
         r = typical_radius(G_s)
         rows, pictures, attack_images = [], [], []
+        t_attack = time.perf_counter()
+        attacks = metrics.attack_figures(G_s, G_u, train, jdg, [p for p, _, _ in photos], attack, attackers,
+                                         [how for _, how, _ in photos], progress, w_u, r) if reinversion else None
+        t_attack = time.perf_counter() - t_attack
         for i, entry in enumerate(book["identities"]):
             row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
                                                  infer_view=G_u.synthesize if views else None)
             row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
             photo, target, own_photo = photos[i]
             if reinversion:
-                found = metrics.attack_figures(G_s, G_u, train, jdg, photo, attack, target, progress, w_u[i:i + 1], r)
+                found = attacks[i]
                 row["attack"] = found["figures"]
                 row.update(found["legacy"])
                 attack_images.append(found["images"])
@@ -172,6 +183,9 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
                   "levels": metrics.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
         if reinversion:
             report["attack"] = rows[k]["attack"]
+        total = time.perf_counter() - t_start
+        report["timings_s"] = {"total": round(total, 2), "per_identity": round(total / len(rows), 2),
+                               "attacks": round(t_attack, 2) if reinversion else None}
         report["passed"] = bool(report["levels"][require])
         report["outcome"] = outcome(report)
         report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],

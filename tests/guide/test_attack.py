@@ -24,6 +24,24 @@ def test_batched_attack_equals_starts_one_by_one(generator, identity):
     assert (batched - starts).abs().max() > 0.1  # it moved
 
 
+def test_several_people_in_one_batch_equal_each_alone(generator, identity, monkeypatch):
+    """verify attacks every identity of a ledger together, in batches of ATTACK_BATCH rows that cut across
+    people: each person's ends are what their own attack gives (float64, to 1e-10)."""
+    import copy
+
+    from guide_engine.guide import attack
+
+    G, net = copy.deepcopy(generator).double(), copy.deepcopy(identity).double()
+    cfg = AttackConfig(starts=3, steps=4)
+    with torch.no_grad():
+        photos = G.synthesize(G.latents_for_seeds([11, 12]).double())
+    monkeypatch.setattr(attack, "ATTACK_BATCH", 4)  # rows 0-3 and 4-5: the first batch holds both people
+    together = attack.reinvert_all(G, net, photos, cfg)
+    assert together.shape == (2, 3, *G.latent_shape)
+    for i in range(2):
+        torch.testing.assert_close(together[i], reinvert(G, net, photos[i:i + 1], cfg), atol=1e-10, rtol=0)
+
+
 def test_attack_finds_the_person_on_the_pretrained_generator(generator, identity):
     with torch.no_grad():
         photo = generator.synthesize(generator.latents_for_seeds([11]))

@@ -146,8 +146,16 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
     assert p["same_person_frac"] <= min(p["train_same_person_frac"], p["judge_same_person_frac"])
     assert {"judge_best", "train_best", "judge_pretrained", "train_pretrained", "starts", "steps", "robust"} <= set(a)
     assert (a["starts"], a["steps"]) == (2, 3) and a["target"].startswith("pretrained image of w_u")
-    assert a["robust"] == (a["judge_best"] >= report["judge"]["strangers"]["p1"]
-                           and a["train_best"] >= report["training_network"]["strangers"]["p1"])
+    # robust is the judge's word over both attackers; the training network's figures are the attackers' own
+    assert a["robust"] == (a["judge_best"] >= report["judge"]["strangers"]["p1"])
+    per = a["attackers"]
+    assert set(per) == {"identity", "pixel"} and a["loss"] == "identity+pixel"
+    for key in ("train", "judge"):
+        assert a[f"{key}_best"] == min(k[f"{key}_best"] for k in per.values())
+        assert a[f"{key}_success"] == max(k[f"{key}_success"] for k in per.values())
+        assert all(k[f"{key}_success"] * 2 == k[f"{key}_starts_closer_than_p1"] for k in per.values())
+    assert "train_pretrained" in per["identity"] and "train_pretrained" not in per["pixel"]
+    assert report["timings_s"]["per_identity"] > 0 and report["timings_s"]["attacks"] > 0
     for key in ("train", "judge"):  # 2 iterations barely move the generator: the pretrained one draws about the
         # same face at the attack's best latent, which lies away from w_u (the starts are prior draws, 3 steps on)
         assert abs(a[f"{key}_best_pretrained_there"] - a[f"{key}_best"]) < 0.05 and a[f"{key}_best_from_w_u"] > 0.5
@@ -164,9 +172,25 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
     assert "forgotten: NO" in r.output and "robust to re-inversion: " in r.output and "(judge)" in r.output
     from guide_engine.guide.report import verdict_lines
 
-    caught = {**report, "attack": {**a, "robust": False, "judge_best": 0.1, "judge_starts_closer_than_p1": 2}}
-    assert "the attack reaches 0.100 (judge), same person below" in "\n".join(verdict_lines(caught))
-    assert "(2 of 2 starts get there)" in "\n".join(verdict_lines(caught))
+    caught = {**report, "attack": {**a, "robust": False, "judge_best": 0.1, "judge_starts_closer_than_p1": 2,
+                                   "judge_success": 1.0, "judge_attacker": "pixel"}}
+    assert "the pixel attacker reaches 0.100 (judge), same person below" in "\n".join(verdict_lines(caught))
+    assert "attack success 100% (2 of 2 starts get there)" in "\n".join(verdict_lines(caught))
+
+
+def test_robust_is_the_judges_word_over_both_attackers():
+    """White-box figures (the training network, which the identity attacker descends through) never decide the
+    level; a verify that ran one attacker measures no robust level at all."""
+    from guide_engine.guide.metrics import verdict
+
+    kept = {"same_person_frac": 1.0}
+    both = {"identity": {}, "pixel": {}}
+    row = {"forgotten": True, "attack": {"robust": True, "train_robust": False, "train_best": 0.1, "attackers": both}}
+    assert verdict([row], kept, attacked=True) == {"forgotten": True, "robust": True}
+    fooled = {**row, "attack": {**row["attack"], "robust": False, "train_robust": True}}
+    assert verdict([row, fooled], kept, attacked=True)["robust"] is False
+    one = {**row, "attack": {**row["attack"], "attackers": {"identity": {}}}}
+    assert verdict([one], kept, attacked=True)["robust"] is None
 
 
 def test_verify_usage_errors(tmp_path, tiny_run):
