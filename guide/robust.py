@@ -17,6 +17,10 @@ diffusion models:
   own latents).
 - **Memory**: where a member ended when it is re-seeded goes into a bank; a few bank latents join the
   hinge every iteration, so a place the attacker found stays pushed off after the attacker leaves it.
+- **Search, then erase** (`search_every` > 0, off by default): every `search_every` iterations a fresh
+  attack of `search_starts` new prior draws x `search_steps` steps runs through the current G_u (the same
+  inversion, batched), and every end closer to the photo than the margin joins the bank, so the hinge
+  reaches places a small pool never visits (STEREO's argument; docs/robust.md).
 
 The margin is a quantile of the strangers' distances under the training network, calibrated on the base
 generator (guide/calibration.py), so it means the same for dlib and for ArcFace.
@@ -31,12 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.rng import stream
-from .invert import inversion_loss
+from .invert import descend, inversion_loss
 from .losses import feature_distance, pair_terms
 
 RESEED_OFFSET = 500_009  # keeps the attacker's random numbers apart from the loop's own per-iteration draws
 PRESERVE_OFFSET = 700_001  # ... and the extra preservation latents' too
 REPLAY_OFFSET = 900_007  # ... and the bank's draws
+SEARCH_OFFSET = 1_100_009  # ... and the search rounds' starts
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ class RobustConfig:
     # instead of 9; larger pools and more steps: docs/robust.md, "Searching the settings on a GPU")
     replay: int = 0  # latents per iteration from the bank of where re-seeded members ended, hinged like the pool's
     bank_size: int = 64  # the bank keeps this many, the newest
+    search_every: int = 0  # > 0: a search round every this many iterations (its finds join the bank; needs replay)
+    search_starts: int = 32  # fresh prior draws per search round
+    search_steps: int = 60  # inversion steps of a search round
 
     def validate(self) -> None:
         from ..engine.errors import GuideEngineError
@@ -69,6 +77,10 @@ class RobustConfig:
             raise GuideEngineError(f"robust reseed {self.reseed!r}: farthest or oldest")
         if not 0 < self.margin_quantile < 1:
             raise GuideEngineError(f"robust margin quantile {self.margin_quantile}: must lie in (0, 1)")
+        if self.search_every < 0 or self.search_starts < 1 or self.search_steps < 1:
+            raise GuideEngineError("robust search: search_every >= 0, search_starts and search_steps >= 1")
+        if self.search_every and not (self.replay and self.bank_size):
+            raise GuideEngineError("robust search: its finds go to the bank; give replay > 0 and bank_size > 0")
 
 
 class Attacker:
@@ -110,6 +122,18 @@ class Attacker:
                 for state in self.opt.state.values():  # the new member starts with a fresh Adam state
                     state["exp_avg"][k].zero_()
                     state["exp_avg_sq"][k].zero_()
+        if self.cfg.search_every and it % self.cfg.search_every == 0:
+            self.search(G_u, it)
+
+    def search(self, G_u, it: int) -> int:
+        """A search round: a fresh batched attack through the current G_u from new prior draws; the ends under
+        the margin join the bank. => how many did."""
+        starts = self.sample(self.cfg.search_starts, stream(self.seed, it, SEARCH_OFFSET)).to(self.photo)
+        ends = descend(G_u, self.net, self.photo, starts, self.cfg.search_steps, self.cfg.lr, progress=False)
+        with torch.no_grad():
+            found = ends[self.distance(G_u.synthesize(ends)) < self.cfg.margin]
+        self.bank = torch.cat([self.bank, found])[-self.cfg.bank_size:]
+        return len(found)
 
     def distance(self, images: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) => (M,) the training network's distance of each face to the photo."""

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
+from guide_engine.engine.errors import GuideEngineError
 from guide_engine.guide.config import UnlearnConfig
 from guide_engine.guide.robust import Attacker, RobustConfig
 from guide_engine.guide.target import ufo_target
@@ -50,17 +51,30 @@ def test_loss_is_zero_past_the_margin(generator, identity):
     assert found["robust"].item() == 0.0
     found["robust"].backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in G_u.parameters())
-    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0).loss(G_u,
-                                                                                                             generator,
-                                                                                                             0)
-    assert pulled["robust"].item() > 0
+    pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0)
+    assert pulled.loss(G_u, generator, 0)["robust"].item() > 0
+
+
+def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
+    """Search, then erase: a fresh batched attack through G_u; its ends closer than the margin join the bank
+    (all of them under a margin past every face, none under a margin of 0), the newest bank_size kept."""
+    photo = _photo(generator)
+    cfg = RobustConfig(pool=1, margin=5.0, replay=1, bank_size=4, search_every=1, search_starts=3, search_steps=1)
+    attacker = Attacker(generator, identity, photo, cfg, seed=0)
+    assert attacker.search(generator, 0) == 3 and len(attacker.bank) == 3
+    assert attacker.search(generator, 1) == 3 and len(attacker.bank) == 4  # capped: the newest kept
+    none = Attacker(generator, identity, photo, dataclasses.replace(cfg, margin=0.0), seed=0)
+    assert none.search(generator, 0) == 0 and len(none.bank) == 0
+    with pytest.raises(GuideEngineError, match="replay > 0"):
+        RobustConfig(search_every=10).validate()
 
 
 def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
     w_u = generator.latents_for_seeds([SEED])
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
     # re-seeds and banks before and after the checkpoint
-    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2)
+    robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2, search_every=2, search_starts=2,
+                          search_steps=1)
     cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
     a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
     ck = tmp_path / "ck.pt"
