@@ -1,17 +1,16 @@
-"""`guide-engine verify` as a library function: a run or export directory => report.json, report.png.
+"""`guide-engine verify` as a library function: a run or export directory => report.json, report.png, report.html.
 
 Graded by two networks side by side (guide/metrics.py; thresholds from guide/calibration.py): the training
 identity network and the judge, which no loss and no attacker saw. Every identity of the run's ledger
-(guide/ledger.py) gets a row: the judge at its w_u, its neighbours, and the re-inversion attacker
-(guide/attack.py) with its photo (the
-photo itself when given with --image, else the aligned crop the run kept, else the pretrained image of w_u)
-against the unlearned generator; whether the pretrained generator drew the photo's person at all (`drawn`,
-under the judge: a person it never drew is "not drawn") and whether the run's w_u is that person (`found`: a
-w_u the judge does not call the person is "not found", the run forgot someone else); for either, no
-forgetting is claimed;
-preservation is measured once. Verdict levels over all identities: `forgotten` and `robust`;
-`passed` is the level asked for (`require`). `identity` and `attack` repeat the worst identity's row.
-Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed), usage errors => 2.
+(guide/ledger.py) gets a row: the judge at its w_u, its neighbours, and both re-inversion attackers
+(guide/attack.py) with its photo (the photo itself when given with --image, else the aligned crop the run
+kept, else the pretrained image of w_u) against the unlearned generator, all identities attacked together;
+whether the pretrained generator drew the photo's person at all (`drawn`, under the judge: a person it never
+drew is "not drawn") and whether the run's w_u is that person (`found`: else "not found", the run forgot
+someone else); for either, no forgetting is claimed. Preservation is measured once. Verdict levels over all
+identities: `forgotten` and `robust`; `passed` is the level asked for (`require`). `identity` and `attack`
+repeat the worst identity's row. Exit semantics live in the CLI: passed => 0, failed => 1 (CheckFailed),
+usage errors => 2.
 """
 from __future__ import annotations
 
