@@ -1,7 +1,7 @@
 """Calibration: what "the same person" means to a network on a generator, measured, not assumed.
 
 Distances between random pairs of the base generator's images (strangers, 200 x 200 pairs), in each network's
-own distance (dlib: euclidean; ArcFace, SFace: 1 - cos), with every 0.1% quantile. A fixed threshold does
+own distance (dlib: euclidean; cosine networks: 1 - cos), with every 0.1% quantile. A fixed threshold does
 not transfer: with dlib on the DigiFace DCGAN most stranger pairs fall under dlib's 0.6, which is reported
 beside for reference only. Cached per (base generator state, network weights) in
 $GUIDE_ENGINE_HOME/calibration/, with its own content hash (a damaged or edited file is calibrated again).
@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ def calibrate(generator, net, base_sha: str) -> dict:
                                         desc=f"calibrating {net.name} (once)")).cpu()
     half = len(d) // 2
     a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
-    dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; ArcFace, SFace: 1 - cos)
+    dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; cosine networks: 1 - cos)
     cos = F.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
     quantiles = dist.quantile(torch.linspace(0, 1, 1001, dtype=dist.dtype))
     calib = {"generator": generator.name, "identity_network": net.name, "distance": net.distance_name,
@@ -104,23 +103,3 @@ def strangers_closer_than(calib: dict, dist: float) -> float:
     """Fraction of stranger pairs that lie closer than `dist` (0.002 => "farther than 99.8% of strangers are")."""
     q = np.asarray(calib["quantiles"])
     return float(np.interp(dist, q, np.linspace(0, 1, len(q)), left=0.0, right=1.0))
-
-
-@dataclass
-class Judged:
-    """A network and its calibration on the base generator: one column of the report."""
-
-    net: object
-    calib: dict
-
-    @property
-    def name(self) -> str:
-        return self.net.name
-
-    def desc(self, images: torch.Tensor) -> torch.Tensor:
-        """Descriptors on the CPU; the images go to the network's device first (an ONNX judge has none)."""
-        weights = next(self.net.parameters(), None) if isinstance(self.net, torch.nn.Module) else None
-        return descriptors(self.net, images if weights is None else images.to(weights.device)).cpu()
-
-    def dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.net.distance(a, b.expand_as(a)).cpu()

@@ -19,16 +19,37 @@ embedding of base samples subtracted).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..engine.runtime import in_batches, synthesis_batch
-from .calibration import Judged, descriptors, strangers, strangers_closer_than
+from .calibration import descriptors, strangers, strangers_closer_than
 from .target import NEIGHBOR_RADIUS_REL, latents_around
 
 PRESERVE_SEED0 = 2_000_000
 MIN_KEPT = 0.95
+
+
+@dataclass
+class Judged:
+    """A network and its calibration on the base generator: one column of the report."""
+
+    net: object
+    calib: dict
+
+    @property
+    def name(self) -> str:
+        return self.net.name
+
+    def desc(self, images: torch.Tensor) -> torch.Tensor:
+        """Descriptors on the CPU; the images go to the network's device first (an ONNX judge has none)."""
+        weights = next(self.net.parameters(), None) if isinstance(self.net, torch.nn.Module) else None
+        return descriptors(self.net, images if weights is None else images.to(weights.device)).cpu()
+
+    def dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.net.distance(a, b.expand_as(a)).cpu()
 
 
 def _sims(da: torch.Tensor, db: torch.Tensor, mean_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

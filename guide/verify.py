@@ -72,7 +72,7 @@ def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...],
     return out
 
 
-def drawn_figures(judge: calibration.Judged, photo: torch.Tensor, x_pre: torch.Tensor, source: str | None, how: str,
+def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tensor, source: str | None, how: str,
                   own_photo: bool, attack: dict | None) -> dict:
     """Did the pretrained generator draw the person in the photo before unlearning? Under the judge (which no
     loss, target choice or attacker saw): the photo against the pretrained face at w_u and, when the attack ran,
@@ -139,8 +139,8 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     train_net, judge_net = zoo.load_identity(train_name, device=device), zoo.load_judge(judge, device=device)
     base_sha = state_sha256(G_s)
     ledger.check_base(book, base_name, base_sha, run)
-    train = calibration.Judged(train_net, calibration.calibrate(G_s, train_net, base_sha))
-    jdg = calibration.Judged(judge_net, calibration.calibrate(G_s, judge_net, base_sha))
+    train = metrics.Judged(train_net, calibration.calibrate(G_s, train_net, base_sha))
+    jdg = metrics.Judged(judge_net, calibration.calibrate(G_s, judge_net, base_sha))
     # EG3D renders with random ray samples from the global RNG: seeded here, after everything is loaded and
     # calibrated, one artifact gets the same figures in every verify (the DCGAN draws nothing at random)
     with seeded_rng(VERIFY_SEED, device):

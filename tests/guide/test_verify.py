@@ -21,7 +21,7 @@ def nets(generator, identity, calib):
     """(training network, judge), each with its calibration on the generator."""
     judge = zoo.load_judge()
     judge_calib = calibration.calibrate(generator, judge, state_sha256(generator))
-    return calibration.Judged(identity, calib), calibration.Judged(judge, judge_calib)
+    return metrics.Judged(identity, calib), metrics.Judged(judge, judge_calib)
 
 
 def test_calibration_is_sane(calib, nets):
