@@ -3,6 +3,7 @@
 identity-checked: guide/target.py), as the ledger's entries (guide/ledger.py)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import time
@@ -31,11 +32,16 @@ class Source:
             return f"seed {self.seed}"
         return self.image + (f" (face {self.face})" if self.face else "")
 
+    @functools.cached_property
+    def photo_sha256(self) -> str | None:
+        """The photo's SHA-256, read once: the key, the ledger and the inversion record all name it."""
+        return None if self.image is None else hashlib.sha256(Path(self.image).read_bytes()).hexdigest()
+
     def key(self) -> str:
         """The ledger's key of this person (guide/ledger.py: source_key)."""
         if self.image is None:
             return ledger.source_key(seed=self.seed)
-        return ledger.source_key(photo_sha256=hashlib.sha256(Path(self.image).read_bytes()).hexdigest(), face=self.face)
+        return ledger.source_key(photo_sha256=self.photo_sha256, face=self.face)
 
 
 def collect_sources(seeds: list[int], images: list[str], images_dir: str | None,
@@ -94,7 +100,7 @@ def find_identity(G_s, id_net, src: Source, invert_steps: int, progress: bool, p
     photo = aligned.image.to(G_s.average_latent().device)
     w_u, rec_err = invert(G_s, id_net, photo, steps=invert_steps, progress=progress, precision=precision)
     how = {"source": "inversion", "steps": invert_steps, "reconstruction_mse": rec_err, "precision": precision,
-           "photo_sha256": hashlib.sha256(Path(src.image).read_bytes()).hexdigest(), "face": aligned.record(),
+           "photo_sha256": src.photo_sha256, "face": aligned.record(),
            "detect_align_s": round(sum(aligned.seconds.values()), 4)}
     if calib is not None:  # can this generator draw this person? (the training network's view; verify asks the judge)
         with torch.no_grad():
