@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from ..engine.errors import GuideEngineError
 from ..engine.models.zoo import DEFAULT_GENERATOR, DEFAULT_IDENTITY
 from ..engine.precision import check as check_precision
+from .calibration import quantile
 from .robust import RobustConfig
+from .target import resolve_distance
 
 ALL_LOSSES = ("local", "adj", "glob")
 MAX_ITERS = 200_000  # --iters beyond this is refused: a typo, not a run (at 0.35 s/iter on the CPU, 19 hours)
@@ -155,9 +157,6 @@ def resolve(cfg: UnlearnConfig, *, base: str, device: str, radius: float, n_iden
     iterations for this many identities, d and alpha_max from r, the perceptual loss's name, and the margins
     from `strangers` (the training network's calibration on the base generator: guide/calibration.py; needed
     with --robust and --push-past)."""
-    from .calibration import quantile
-    from .target import resolve_distance
-
     d = resolve_distance(radius, cfg.target_distance, cfg.target_distance_rel, DEFAULT_D_REL)
     a_rel = ALPHA_PER_D * d / radius if cfg.alpha_max_rel is None else cfg.alpha_max_rel
     robust = cfg.robust
