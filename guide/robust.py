@@ -20,7 +20,8 @@ diffusion models:
 - **Search, then erase** (`search_every` > 0, off by default): every `search_every` iterations a fresh
   attack of `search_starts` new prior draws x `search_steps` steps runs through the current G_u (the same
   inversion, batched), and every end closer to the photo than the margin joins the bank, so the hinge
-  reaches places a small pool never visits (STEREO's argument; docs/robust.md).
+  reaches places a small pool never visits (STEREO's argument; docs/robust.md); `screen` random latents
+  per round are looked at as they are, and the person's lookalikes among them join the bank too.
 
 The margin is a quantile of the strangers' distances under the training network, calibrated on the base
 generator (guide/calibration.py), so it means the same for dlib and for ArcFace.
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.rng import stream
+from ..engine.runtime import in_batches, synthesis_batch
 from .invert import descend, inversion_loss
 from .losses import feature_distance, pair_terms
 
@@ -42,6 +44,7 @@ RESEED_OFFSET = 500_009  # keeps the attacker's random numbers apart from the lo
 PRESERVE_OFFSET = 700_001  # ... and the extra preservation latents' too
 REPLAY_OFFSET = 900_007  # ... and the bank's draws
 SEARCH_OFFSET = 1_100_009  # ... and the search rounds' starts
+SCREEN_OFFSET = 1_300_021  # ... and the screens' latents
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,22 @@ class RobustConfig:
     search_every: int = 0  # > 0: a search round every this many iterations (its finds join the bank; needs replay)
     search_starts: int = 32  # fresh prior draws per search round
     search_steps: int = 60  # inversion steps of a search round
+    screen: int = 0  # random latents per search round looked at (no descent) for the person's lookalikes
 
     def validate(self) -> None:
         from ..engine.errors import GuideEngineError
 
-        if self.pool < 1 or self.steps < 0 or self.reseed_every < 1:
-            raise GuideEngineError("robust mode: pool >= 1, steps >= 0 and reseed_every >= 1")
+        if self.pool < 0 or self.steps < 0 or self.reseed_every < 1:
+            raise GuideEngineError("robust mode: pool >= 0, steps >= 0 and reseed_every >= 1")
+        if self.pool == 0 and not self.search_every:
+            raise GuideEngineError("robust mode: pool 0 leaves nothing to attack with; give search_every > 0")
         if self.reseed not in ("farthest", "oldest"):
             raise GuideEngineError(f"robust reseed {self.reseed!r}: farthest or oldest")
         if not 0 < self.margin_quantile < 1:
             raise GuideEngineError(f"robust margin quantile {self.margin_quantile}: must lie in (0, 1)")
-        if self.search_every < 0 or self.search_starts < 1 or self.search_steps < 1:
-            raise GuideEngineError("robust search: search_every >= 0, search_starts and search_steps >= 1")
+        if self.search_every < 0 or self.search_starts < 1 or self.search_steps < 1 or self.screen < 0:
+            raise GuideEngineError("robust search: search_every >= 0, search_starts and search_steps >= 1, "
+                                   "screen >= 0")
         if self.search_every and not (self.replay and self.bank_size):
             raise GuideEngineError("robust search: its finds go to the bank; give replay > 0 and bank_size > 0")
 
@@ -104,7 +111,11 @@ class Attacker:
 
     def advance(self, G_u, it: int) -> None:
         """`steps` inversion steps of the pool through the current G_u (gradients to the pool only), and every
-        `reseed_every` iterations one member (cfg.reseed) drawn again from the prior."""
+        `reseed_every` iterations one member (cfg.reseed) drawn again from the prior; and the search rounds."""
+        if self.cfg.search_every and it % self.cfg.search_every == 0:
+            self.search(G_u, it)
+        if not self.cfg.pool:  # the search rounds alone
+            return
         for _ in range(self.cfg.steps):
             loss, _ = inversion_loss(G_u, self.net, self.w, self.photo, self.feats_x, self.desc_x)
             (self.w.grad,) = torch.autograd.grad(loss.sum(), [self.w])
@@ -122,16 +133,17 @@ class Attacker:
                 for state in self.opt.state.values():  # the new member starts with a fresh Adam state
                     state["exp_avg"][k].zero_()
                     state["exp_avg_sq"][k].zero_()
-        if self.cfg.search_every and it % self.cfg.search_every == 0:
-            self.search(G_u, it)
 
     def search(self, G_u, it: int) -> int:
-        """A search round: a fresh batched attack through the current G_u from new prior draws; the ends under
-        the margin join the bank. => how many did."""
+        """A search round: a fresh batched attack through the current G_u from new prior draws, and a screen of
+        `screen` random latents as they are (the person's lookalikes, no descent); what ends under the margin
+        joins the bank. => how many did."""
         starts = self.sample(self.cfg.search_starts, stream(self.seed, it, SEARCH_OFFSET)).to(self.photo)
         ends = descend(G_u, self.net, self.photo, starts, self.cfg.search_steps, self.cfg.lr, progress=False)
-        with torch.no_grad():
-            found = ends[self.distance(G_u.synthesize(ends)) < self.cfg.margin]
+        if self.cfg.screen:
+            ends = torch.cat([ends, self.sample(self.cfg.screen, stream(self.seed, it, SCREEN_OFFSET)).to(ends)])
+        dist = in_batches(lambda w: self.distance(G_u.synthesize(w)), ends, synthesis_batch(G_u))
+        found = ends[dist < self.cfg.margin]
         self.bank = torch.cat([self.bank, found])[-self.cfg.bank_size:]
         return len(found)
 
@@ -151,6 +163,8 @@ class Attacker:
         if self.cfg.preserve:
             rng = stream(self.seed, it, PRESERVE_OFFSET)
             w = torch.cat([w, self.sample(self.cfg.preserve, rng)])
+        if not len(w):  # a search-only attacker before its first find, keeping nothing: no loss yet
+            return {"robust": torch.zeros((), device=w.device), "attack_dist": torch.tensor(float("nan"))}
         x_u = G_u.synthesize(w)
         feats_u, desc_u = self.net.features(x_u)
         dist = self.net.distance(desc_u[:m], self.desc_x.expand(m, -1))
@@ -167,7 +181,8 @@ class Attacker:
             kept = pair_terms(self.net, x_u[m:], x_s, x_u[m:], x_s, source=([f[m:] for f in feats_u], desc_u[m:]),
                               target=(feats_s, desc_s))
             total = total + kept.pair().sum()
-        return {"robust": total, "attack_dist": dist.min().detach()}
+        closest = dist.min().detach() if m else torch.tensor(float("nan"))  # nan: nothing to hinge yet
+        return {"robust": total, "attack_dist": closest}
 
     def state_dict(self) -> dict:
         return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(), "bank": self.bank.clone()}

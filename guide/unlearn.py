@@ -289,7 +289,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             if drawn:
                 found = [a.loss(G_u, G_s, it) for a in drawn]
                 robust = sum(f["robust"] for f in found) / len(drawn)  # averaged over identities, like the pairs
-                robust.backward()  # gradients add up: the total loss is GUIDE's plus this
+                if robust.requires_grad:  # (nothing to hinge or keep yet: a search-only attacker before its finds)
+                    robust.backward()  # gradients add up: the total loss is GUIDE's plus this
                 losses["total"] = losses["total"].detach() + robust.detach()
                 losses.update(robust=robust.detach(), attack_dist=min(f["attack_dist"] for f in found))
         opt.step()

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from guide_engine.engine.cli import main
 from guide_engine.engine.errors import GuideEngineError
+from guide_engine.engine.rng import stream
 from guide_engine.guide.config import UnlearnConfig
-from guide_engine.guide.robust import Attacker, RobustConfig
+from guide_engine.guide.robust import SCREEN_OFFSET, Attacker, RobustConfig
 from guide_engine.guide.target import ufo_target
 from guide_engine.guide.unlearn import run_unlearning
 
@@ -65,8 +66,40 @@ def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
     assert attacker.search(generator, 1) == 3 and len(attacker.bank) == 4  # capped: the newest kept
     none = Attacker(generator, identity, photo, dataclasses.replace(cfg, margin=0.0), seed=0)
     assert none.search(generator, 0) == 0 and len(none.bank) == 0
+    # the screen: random latents as drawn (no descent), banked, after the round's ends, where the face is under
+    # the margin: exactly those, in order
+    screened = Attacker(generator, identity, photo, dataclasses.replace(cfg, margin=0.5, screen=70, bank_size=100),
+                        seed=0)
+    n = screened.search(generator, 0)
+    drawn = generator.sample_latents(70, stream(0, 0, SCREEN_OFFSET))
+    with torch.no_grad():
+        near = screened.distance(generator.synthesize(drawn)) < 0.5
+    assert 0 < near.sum() < 70  # some lookalikes, not everyone: the test means something
+    assert torch.equal(screened.bank[-int(near.sum()):], drawn[near]) and n >= int(near.sum())
     with pytest.raises(GuideEngineError, match="replay > 0"):
         RobustConfig(search_every=10).validate()
+
+
+def test_search_rounds_alone(generator, identity):
+    """pool 0: no in-loop pool, the rounds' finds alone are hinged; before the first find there is nothing to
+    hinge (no gradient, attack_dist nan), after it the bank's rows pull. pool 0 without rounds is refused."""
+    G_u = copy.deepcopy(generator)
+    for p in G_u.parameters():
+        p.requires_grad_(True)
+    cfg = RobustConfig(pool=0, margin=5.0, preserve=0, replay=2, bank_size=4, search_every=2, search_starts=2,
+                       search_steps=1)
+    cfg.validate()
+    attacker = Attacker(generator, identity, _photo(generator), cfg, seed=0)
+    empty = attacker.loss(G_u, generator, 0)
+    assert not empty["robust"].requires_grad and torch.isnan(empty["attack_dist"])
+    attacker.advance(G_u, 0)  # a round (iteration 0): both ends under a margin past every face
+    assert len(attacker.bank) == 2 and len(attacker.w) == 0
+    attacker.advance(G_u, 1)  # no round, and no pool to move
+    assert len(attacker.bank) == 2
+    found = attacker.loss(G_u, generator, 1)
+    assert found["robust"].item() > 0 and found["robust"].requires_grad and found["attack_dist"] < 5.0
+    with pytest.raises(GuideEngineError, match="pool 0"):
+        RobustConfig(pool=0).validate()
 
 
 def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
