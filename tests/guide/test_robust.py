@@ -26,7 +26,7 @@ def _photo(generator):
 
 def test_pool_moves_toward_the_person(generator, identity):
     """On the pretrained generator the attacker's faces get closer to the photo, step after step."""
-    cfg = RobustConfig(pool=3, steps=10, reseed_every=10**6, margin=0.6)
+    cfg = RobustConfig(pool=3, steps=10, reseed_every=10**6, margin=0.6, search_every=0)  # the pool alone
     attacker = Attacker(generator, identity, _photo(generator), cfg, seed=0)
     dists = []
     for it in range(4):
@@ -77,7 +77,7 @@ def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
     assert 0 < near.sum() < 70  # some lookalikes, not everyone: the test means something
     assert torch.equal(screened.bank[-int(near.sum()):], drawn[near]) and n >= int(near.sum())
     with pytest.raises(GuideEngineError, match="replay > 0"):
-        RobustConfig(search_every=10).validate()
+        RobustConfig(search_every=10, replay=0).validate()
 
 
 def test_search_rounds_alone(generator, identity):
@@ -99,7 +99,7 @@ def test_search_rounds_alone(generator, identity):
     found = attacker.loss(G_u, generator, 1)
     assert found["robust"].item() > 0 and found["robust"].requires_grad and found["attack_dist"] < 5.0
     with pytest.raises(GuideEngineError, match="pool 0"):
-        RobustConfig(pool=0).validate()
+        RobustConfig(pool=0, search_every=0).validate()
 
 
 def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
@@ -139,7 +139,8 @@ def test_robust_composes_with_micro_batches(generator, identity, monkeypatch):
     rounding in near-zero gradients moves whole elements by lr.)"""
     w_u = generator.latents_for_seeds([SEED])
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
-    cfg = UnlearnConfig(iters=2, alpha_max=5.0, robust=RobustConfig(pool=2, steps=1, margin=0.6, preserve=1))
+    cfg = UnlearnConfig(iters=2, alpha_max=5.0, robust=RobustConfig(pool=2, steps=1, margin=0.6, preserve=1,
+                                                                        search_every=0))
     steps, adam_step = [], torch.optim.Adam.step
 
     def recording_step(opt, *args, **kwargs):

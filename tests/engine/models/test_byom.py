@@ -282,8 +282,8 @@ def test_robust_mode_attacks_with_the_training_network_arcface(generator, tmp_pa
 
 
 def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity, tmp_path):
-    """The attacker renders through EG3D's random ray samples inside the loop's per-iteration seeding: two robust
-    runs and a resumed one repeat bit for bit, and differ from GUIDE alone."""
+    """The attacker and its search rounds render through EG3D's random ray samples inside the loop's per-iteration
+    seeding: two robust runs and a resumed one repeat bit for bit, and differ from GUIDE alone."""
     import dataclasses
 
     from guide_engine.guide.config import UnlearnConfig
@@ -293,7 +293,9 @@ def test_robust_mode_on_an_eg3d_pickle_repeats_and_trains(nvlabs_code, identity,
     code, pkls = nvlabs_code
     G = _load(pkls["eg3d"], code)
     w = G.latents_for_seeds([0, 1])
-    cfg = UnlearnConfig(iters=2, alpha_max=0.5, robust=RobustConfig(pool=2, steps=1, margin=0.6, preserve=1))
+    robust = RobustConfig(pool=2, steps=1, margin=0.6, preserve=1, replay=1, search_every=1, search_starts=2,
+                          search_steps=1)
+    cfg = UnlearnConfig(iters=2, alpha_max=0.5, robust=robust)  # a search round every iteration, rays and all
     runs = []
     for i in range(2):
         torch.manual_seed(i)  # a different global state before each run: must not matter
