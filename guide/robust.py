@@ -66,8 +66,10 @@ class RobustConfig:
     # the person's own latents and the judge's distance at w_u drops under the strangers' median)
     preserve: int = 4  # extra random latents per iteration kept at G_s (full pair terms: MSE + perceptual + identity)
     # (margin_quantile 0.2 with preserve 16, seeds 0-9: pixel L1 0.041 -> 0.032, same robustness, 8 forgotten at w_u
-    # instead of 9; with the search rounds on 5151, 4 / 8 / 16 kept 93.4% / 95.3% / 98.8% of other faces at pixel L1
-    # 2.1x / 1.6x / 1.1x GUIDE's, and let 0 / 2 / 3 of 64 attack starts under the judge's line)
+    # instead of 9; with the search rounds on 5151, 4 / 8 / 16 rows at weight 4 / 8 / 16 kept 93.4% / 95.3% / 98.8%
+    # of other faces at pixel L1 2.1x / 1.6x / 1.1x GUIDE's, and let 0 / 2 / 3 of 64 attack starts under the line)
+    preserve_weight: float = 4.0  # of the preservation rows' mean (4.0 with 4 rows: their sum, as before). More rows
+    # at one weight: a less noisy estimate of the same pull; a larger weight: a stronger pull against forgetting
     replay: int = 0  # latents per iteration from the bank (where re-seeded members and search rounds ended), hinged
     bank_size: int = 64  # the bank keeps this many, the newest
     search_every: int = 0  # > 0: a search round every this many iterations (its finds join the bank; needs replay).
@@ -87,6 +89,8 @@ class RobustConfig:
             raise GuideEngineError("robust mode: pool 0 leaves nothing to attack with; give search_every > 0")
         if self.reseed not in ("farthest", "oldest"):
             raise GuideEngineError(f"robust reseed {self.reseed!r}: farthest or oldest")
+        if self.preserve_weight < 0:
+            raise GuideEngineError(f"robust preserve_weight {self.preserve_weight}: must be >= 0")
         if not 0 < self.margin_quantile < 1:
             raise GuideEngineError(f"robust margin quantile {self.margin_quantile}: must lie in (0, 1)")
         if self.search_every < 0 or self.search_starts < 1 or self.search_steps < 1 or self.screen < 0:
@@ -186,7 +190,7 @@ class Attacker:
         if self.cfg.preserve:
             kept = pair_terms(self.net, x_u[m:], x_s, x_u[m:], x_s, source=([f[m:] for f in feats_u], desc_u[m:]),
                               target=(feats_s, desc_s))
-            total = total + kept.pair().sum()
+            total = total + self.cfg.preserve_weight * kept.pair().mean()
         closest = dist.min().detach() if m else torch.tensor(float("nan"))  # nan: nothing to hinge yet
         return {"robust": total, "attack_dist": closest}
 

@@ -12,7 +12,8 @@ from guide_engine.engine.cli import main
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.rng import stream
 from guide_engine.guide.config import UnlearnConfig
-from guide_engine.guide.robust import SCREEN_OFFSET, Attacker, RobustConfig
+from guide_engine.guide.losses import pair_terms
+from guide_engine.guide.robust import PRESERVE_OFFSET, SCREEN_OFFSET, Attacker, RobustConfig
 from guide_engine.guide.target import ufo_target
 from guide_engine.guide.unlearn import run_unlearning
 
@@ -54,6 +55,28 @@ def test_loss_is_zero_past_the_margin(generator, identity):
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in G_u.parameters())
     pulled = Attacker(generator, identity, photo, RobustConfig(pool=3, margin=5.0, preserve=0), seed=0)
     assert pulled.loss(G_u, generator, 0)["robust"].item() > 0
+
+
+def test_preservation_is_its_weight_times_the_rows_mean(generator, identity):
+    """With the hinge at rest (margin 0), the loss is preserve_weight x the mean over the `preserve` rows of GUIDE's
+    pair terms between G_u and G_s at latents from the preservation stream; 4 rows at weight 4 = their sum."""
+    G_u = copy.deepcopy(generator)
+    with torch.no_grad():
+        for p in G_u.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    photo = _photo(generator)
+    w = generator.sample_latents(4, stream(0, 0, PRESERVE_OFFSET))
+    with torch.no_grad():
+        x_u, x_s = G_u.synthesize(w), generator.synthesize(w)
+        rows = pair_terms(identity, x_u, x_s, x_u, x_s).pair()
+        losses = {weight: Attacker(generator, identity, photo, RobustConfig(pool=1, margin=0.0, preserve=4,
+                                                                         preserve_weight=weight), seed=0)
+                  .loss(G_u, generator, 0)["robust"] for weight in (4.0, 1.0)}
+    assert rows.min() > 0
+    torch.testing.assert_close(losses[4.0], rows.sum(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses[1.0], rows.mean(), rtol=1e-5, atol=0)
+    with pytest.raises(GuideEngineError, match="preserve_weight"):
+        RobustConfig(preserve_weight=-1.0).validate()
 
 
 def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
