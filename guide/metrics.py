@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.runtime import in_batches, synthesis_batch
+from .attack import ATTACKERS, reinvert_all
 from .calibration import descriptors, strangers, strangers_closer_than
 from .target import NEIGHBOR_RADIUS_REL, latents_around
 
@@ -148,8 +149,6 @@ def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
     (also no attacker's face comes within the judge's p1; None when the attack was not run). An identity whose photo the
     pretrained generator never drew (`drawn` False: verify.drawn_figures), or whose w_u is not them (`found` False),
     is forgotten by no one: no level holds."""
-    from .attack import ATTACKERS
-
     forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False and r.get("found") is not False for r in rows)
                      and preservation["same_person_frac"] >= MIN_KEPT)
     both = attacked and all(set(r["attack"].get("attackers", {})) >= set(ATTACKERS) for r in rows)
@@ -200,8 +199,6 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Te
     w_u in radii. An identity is robust when, under the judge, no attacker's face comes within its p1; the
     training network's figures are the attackers' own objective (white-box), reported beside.
     => per identity {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images"}."""
-    from .attack import reinvert_all
-
     x_photo = torch.cat(photos)
     ends, faces = {}, {}
     for kind in attackers:
@@ -217,7 +214,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Te
     out = []
     for i, photo in enumerate(photos):
         photo = photo.cpu()
-        per, best, ref = {}, {}, {}
+        per, best, ref, drawn_there = {}, {}, {}, {}  # drawn_there: G_s at a best latent, once per (attacker, start)
         for key, j in (("train", train), ("judge", judge)):
             ref[key] = j.desc(photo)
             p1 = j.calib["strangers_dist_p1"]
@@ -230,7 +227,9 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Te
                 fig[f"{key}_success"] = (d < p1).float().mean().item()
                 fig[f"{key}_starts_closer_than_p1"] = int((d < p1).sum())
                 fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d[at].item())
-                fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(G_s.synthesize(there).cpu()), ref[key]).item()
+                if (kind, at) not in drawn_there:  # the two networks often pick the same start
+                    drawn_there[kind, at] = G_s.synthesize(there).cpu()
+                fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(drawn_there[kind, at]), ref[key]).item()
                 if w_u is not None and radius:
                     fig[f"{key}_best_from_w_u"] = ((there - w_u[i:i + 1]).norm() / radius).item()
                 best.setdefault(key, {})[kind] = at
