@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.bench.robust import main, parse_variant, summarise
+from guide_engine.bench.robust import main, parse_variant, summarise, table
 from guide_engine.engine.errors import GuideEngineError
 
 
@@ -20,22 +20,28 @@ def test_variants_parse_with_the_config_types():
             parse_variant(bad)
 
 
-def _row(variant, seed, **kw):
-    row = {"variant": variant, "seed": seed, "judge_at_wu": 0.9, "forgotten": True, "attack_judge": 0.6,
-           "attack_train": 0.4, "robust_judge": True, "robust_train": True, "kept": 0.97, "kept_ok": True,
-           "pixel_l1": 0.04, "unlearn_s": 30.0}
+def _row(variant, seed, under=0, **kw):
+    kinds = {k: {"judge_best": 0.6, "judge_under": under, "train_best": 0.4, "train_under": 3}
+             for k in ("identity", "pixel")}
+    row = {"variant": variant, "seed": seed, "judge_at_wu": 0.9, "forgotten": True, "attackers": kinds, "robust": True,
+           "kept": 0.97, "kept_ok": True, "pixel_l1": 0.04, "unlearn_s": 30.0, "verify_s": 5.0}
     return {**row, **kw}
 
 
 def test_summary_applies_every_part_of_the_bar():
-    rows = [_row("guide", 1, robust_judge=False, robust_train=False, unlearn_s=10.0), _row("guide", 2, unlearn_s=10.0),
+    rows = [_row("guide", 1, under=30, robust=False, unlearn_s=10.0), _row("guide", 2, unlearn_s=10.0),
             _row("v", 1), _row("v", 2, pixel_l1=0.061),  # L1 over 1.5x GUIDE's on seed 2
-            _row("w", 1, robust_train=False), _row("w", 2, kept_ok=False, kept=0.9), _row("w", 3)]  # 3: no GUIDE run
+            _row("w", 1, under=2, robust=False), _row("w", 2, kept_ok=False, kept=0.9), _row("w", 3)]  # 3: no GUIDE
     s = {r["variant"]: r for r in summarise(rows)}
     assert s["v"]["bar_but_time"] == 1 and s["v"]["l1_vs_guide_max"] == pytest.approx(1.525)
     assert s["v"]["wall_vs_guide_median"] == 3.0 and s["w"]["bar_but_time"] == 0
-    assert (s["w"]["robust_train"], s["w"]["kept_ok"], s["w"]["kept_min"]) == (2, 2, 0.9)
-    assert s["guide"]["robust_judge"] == 1 and s["guide"]["bar_but_time"] == 1
+    assert (s["w"]["robust"], s["w"]["kept_ok"], s["w"]["kept_min"]) == (2, 2, 0.9)
+    assert s["guide"]["robust"] == 1 and s["guide"]["bar_but_time"] == 1
+    # the training network's figures are white-box: 3 starts under its line on every seed, robust all the same
+    assert s["v"]["robust"] == 2 and s["v"]["attackers"]["pixel"] == \
+        {"judge_best_median": 0.6, "judge_under": 0, "train_best_median": 0.4}
+    assert s["guide"]["attackers"]["identity"]["judge_under"] == 30 and s["w"]["attackers"]["pixel"]["judge_under"] == 2
+    assert "| w | 3 | 3 | 2 | 2 | 0.600, 2 of 96 | 0.600, 2 of 96 | 0.400 / 0.400 |" in table(summarise(rows), 32)
 
 
 def test_tiny_sweep_runs_and_regrades(tmp_path):
@@ -45,23 +51,32 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     r = CliRunner().invoke(main, args + ["--attack", "2x3"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == {"2x3 identity"}
+    assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == \
+        {"2x3 identity+pixel"}
     loop = {x["variant"]: x["attack_in_loop"] for x in rows}
     assert loop["guide"] is None and 0 < loop["tiny"] < 2  # the pool's best distance, from the run's history
-    # 2 iterations barely move the generator: the pretrained one draws about the same at the attack's best latent
-    assert all(abs(x["attack_train_pretrained_there"] - x["attack_train"]) < 0.05 for x in rows)
+    for x in rows:  # both attackers graded by both networks; 2 iterations barely move the generator, so the
+        assert set(x["attackers"]) == {"identity", "pixel"}  # pretrained one draws about the same at the best latent
+        for a in x["attackers"].values():
+            assert 0 <= a["judge_under"] <= 2 and 0 <= a["train_under"] <= 2
+            assert abs(a["train_best_pretrained_there"] - a["train_best"]) < 0.05
+        p1 = json.loads((out / "runs" / f"{x['variant']}_s900" / "report.json").read_text())["judge"]["strangers"]["p1"]
+        assert x["robust"] == (min(a["judge_best"] for a in x["attackers"].values()) >= p1) and x["verify_s"] > 0
     config = json.loads((out / "runs" / "tiny_s900" / "config.json").read_text())
     assert config["robust"]["pool"] == 2 and config["robust"]["preserve"] == 1 and config["iters"] == 2
     guide = json.loads((out / "runs" / "guide_s900" / "config.json").read_text())
     assert guide["robust"] is None and guide["iters"] == 2
-    assert "| tiny | 1 |" in r.output and "| guide | 1 |" in r.output
+    assert "| tiny | 1 |" in r.output and "| guide | 1 |" in r.output and "| 900 | tiny |" in r.output
     weights = (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns
-    r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attack-loss", "pixel", "--no-guide"])
+    r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attackers", "pixel", "--no-guide"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [x["attack"] for x in rows if x["variant"] == "tiny"] == ["2x3 identity", "2x4 pixel"] and len(rows) == 3
+    assert [x["attack"] for x in rows if x["variant"] == "tiny"] == ["2x3 identity+pixel", "2x4 pixel"]
+    assert len(rows) == 3 and set(rows[-1]["attackers"]) == {"pixel"}
     assert "| tiny | 1 |" in r.output and "| guide |" not in r.output
     assert (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns == weights  # re-graded, not re-run
+    r = CliRunner().invoke(main, args + ["--attackers", "pixel,pixels"])
+    assert r.exit_code == 2 and "one or both of identity,pixel" in r.output
     r = CliRunner().invoke(main, args + ["--variant", "bad:pool=x"])
     assert r.exit_code == 2 and "not a number" in r.output
     changed = [a.replace("pool=2", "pool=3") for a in args]
