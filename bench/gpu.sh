@@ -7,6 +7,10 @@
 #   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
 #                               with GUIDE_ENGINE_KERNELS=torch vs the kernels
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
+#   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults and the best measured
+#                               search rounds on seeds $SEEDS (default 0-9), verify's exam (both attackers,
+#                               32 x 300), $JOBS runs at a time (default 12); then the rounds' harder exam
+#                               (16 x 500)
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
 #                               eg3d/ folder of a checkout of github.com/NVlabs/eg3d
 # Stages can be combined: bash bench/gpu.sh run kernels. The weights must be in the cache already
@@ -62,11 +66,20 @@ EOF
       guide-engine bench --backends torch,torch-compile,torch-cudagraph,onnxruntime,tensorrt --batch 1,64,256 \
         --out "$RESULTS/bench" --quiet 2>&1 | tail -30
       ;;
+    robust)
+      stage "robust: GUIDE, defaults, search rounds on seeds ${SEEDS:-0-9}, exam 32 x 300, both attackers"
+      ROUNDS=search_every=50,replay=8,bank_size=256,preserve=8,preserve_weight=8,weight=2.5
+      $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 32x300 \
+        --variant base: --variant "rounds:$ROUNDS" --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -40
+      stage "robust: the harder exam, 16 x 500, on the search rounds"
+      $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 16x500 \
+        --variant "rounds:$ROUNDS" --no-guide --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -20
+      ;;
     eg3d)
       stage "EG3D FFHQ-512, random init"
       $PY -m guide_engine.bench.eg3d --nvlabs-code "${NVLABS_CODE:?set NVLABS_CODE to NVlabs eg3d/ folder}" \
         --iters "${EG3D_ITERS:-12}" --out "$RESULTS/eg3d" 2>&1 | tail -8
       ;;
-    *) echo "unknown stage $what (tests, suite, run, kernels, sampling, eg3d)"; exit 2 ;;
+    *) echo "unknown stage $what (tests, suite, run, kernels, sampling, robust, eg3d)"; exit 2 ;;
   esac
 done
