@@ -166,7 +166,7 @@ def table(summary: list[dict], starts: int) -> str:
              + " | ".join(f"{k} attacker: judge best (median), starts under the line" for k in kinds)
              + " | training net, white-box: " + " / ".join(kinds) + " best (median) | the pool's best in the loop "
              "(median) | kept, min | pixel L1 (mean) | L1 / GUIDE's, max | wall / GUIDE's (median) | verify s "
-             "(median) | all but time |", "|-" * (12 + len(kinds)) + "|"]
+             "(median) | all but time |", "|-" * (13 + len(kinds)) + "|"]
     for s in summary:
         a = s["attackers"]
         lines.append(f"| {s['variant']} | {s['n']} | {s['forgotten']} | {s['robust']} | {s['kept_ok']} | "

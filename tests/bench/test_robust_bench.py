@@ -41,7 +41,9 @@ def test_summary_applies_every_part_of_the_bar():
     assert s["v"]["robust"] == 2 and s["v"]["attackers"]["pixel"] == \
         {"judge_best_median": 0.6, "judge_under": 0, "train_best_median": 0.4}
     assert s["guide"]["attackers"]["identity"]["judge_under"] == 30 and s["w"]["attackers"]["pixel"]["judge_under"] == 2
-    assert "| w | 3 | 3 | 2 | 2 | 0.600, 2 of 96 | 0.600, 2 of 96 | 0.400 / 0.400 |" in table(summarise(rows), 32)
+    text = table(summarise(rows), 32)
+    assert "| w | 3 | 3 | 2 | 2 | 0.600, 2 of 96 | 0.600, 2 of 96 | 0.400 / 0.400 |" in text
+    assert len({line.count("|") for line in text.splitlines()}) == 1  # header, rule and rows: the same columns
 
 
 def test_tiny_sweep_runs_and_regrades(tmp_path):
@@ -67,6 +69,8 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     guide = json.loads((out / "runs" / "guide_s900" / "config.json").read_text())
     assert guide["robust"] is None and guide["iters"] == 2
     assert "| tiny | 1 |" in r.output and "| guide | 1 |" in r.output and "| 900 | tiny |" in r.output
+    for block in r.output.split("\n\n")[1:]:  # the per-seed table and the per-variant one
+        assert len({line.count("|") for line in block.strip().splitlines()}) == 1, block
     weights = (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns
     r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attackers", "pixel", "--no-guide"])
     assert r.exit_code == 0, r.output
