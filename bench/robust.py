@@ -159,14 +159,19 @@ def _n(v, f: str) -> str:
     return "-" if v is None else format(v, f)
 
 
+def _head(columns: list[str]) -> list[str]:
+    """A markdown table's header and rule lines, the rule with as many columns as the header."""
+    return ["| " + " | ".join(columns) + " |", "|-" * len(columns) + "|"]
+
+
 def table(summary: list[dict], starts: int) -> str:
     """A row per variant: how many of its seeds meet each part of the bar, and the attacks' figures."""
     kinds = list(summary[0]["attackers"]) if summary else []
-    lines = ["| variant | seeds | forgotten at w_u | robust (judge) | kept >= 95% | "
-             + " | ".join(f"{k} attacker: judge best (median), starts under the line" for k in kinds)
-             + " | training net, white-box: " + " / ".join(kinds) + " best (median) | the pool's best in the loop "
-             "(median) | kept, min | pixel L1 (mean) | L1 / GUIDE's, max | wall / GUIDE's (median) | verify s "
-             "(median) | all but time |", "|-" * (13 + len(kinds)) + "|"]
+    lines = _head(["variant", "seeds", "forgotten at w_u", "robust (judge)", "kept >= 95%",
+                   *(f"{k} attacker: judge best (median), starts under the line" for k in kinds),
+                   "training net, white-box: " + " / ".join(kinds) + " best (median)",
+                   "the pool's best in the loop (median)", "kept, min", "pixel L1 (mean)", "L1 / GUIDE's, max",
+                   "wall / GUIDE's (median)", "verify s (median)", "all but time"])
     for s in summary:
         a = s["attackers"]
         lines.append(f"| {s['variant']} | {s['n']} | {s['forgotten']} | {s['robust']} | {s['kept_ok']} | "
@@ -182,10 +187,10 @@ def table(summary: list[dict], starts: int) -> str:
 def seed_table(rows: list[dict]) -> str:
     """A row per (seed, variant), the variants side by side on each seed (the issue's table)."""
     kinds = list(rows[0]["attackers"]) if rows else []
-    lines = ["| seed | variant | judge at w_u | " + " | ".join(f"{k} attacker: judge best (starts under the line)"
-                                                               for k in kinds)
-             + " | training net, white-box: " + " / ".join(kinds) + " best (under its line) | kept: both (training "
-             "net / judge) | pixel L1 | unlearn s | verify s |", "|-" * (8 + len(kinds)) + "|"]
+    lines = _head(["seed", "variant", "judge at w_u",
+                   *(f"{k} attacker: judge best (starts under the line)" for k in kinds),
+                   "training net, white-box: " + " / ".join(kinds) + " best (under its line)",
+                   "kept: both (training net / judge)", "pixel L1", "unlearn s", "verify s"])
     for r in sorted(rows, key=lambda r: r["seed"]):
         a = r["attackers"]
         lines.append(f"| {r['seed']} | {r['variant']} | {r['judge_at_wu']:.3f}{'' if r['forgotten'] else ' (no)'} | "
@@ -213,7 +218,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attackers, n_preserve,
     from ..engine.errors import GuideEngineError
     from ..engine.images import parse_seeds
     from ..engine.runtime import default_device
-    from ..guide.attack import ATTACKERS
+    from ..guide.attack import parse_attackers
 
     try:
         device = default_device(device)
@@ -224,9 +229,7 @@ def main(seeds, variants, no_guide, device, jobs, attack, attackers, n_preserve,
             grid.setdefault(GUIDE, {})  # `--variant guide:iters=N` sets its iterations
         grid = list(grid.items())
         seed_list = parse_seeds(seeds)
-        kinds = tuple(attackers.split(","))
-        if not set(kinds) <= set(ATTACKERS) or len(set(kinds)) != len(kinds):
-            raise GuideEngineError(f"--attackers {attackers!r}: one or both of {','.join(ATTACKERS)}")
+        kinds = parse_attackers(attackers)
         starts, _, steps = attack.partition("x")
         starts, steps = int(starts), int(steps)
         if starts < 1 or steps < 1:

@@ -251,7 +251,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     only if the required level holds for all of them."""
     import json
 
-    from ..guide.attack import AttackConfig
+    from ..guide.attack import AttackConfig, parse_attackers
     from ..guide.config import DEFAULT_PRECISION
     from ..guide.report import summary_table
     from ..guide.verify import verify_run
@@ -263,7 +263,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
                         attack=AttackConfig(**{k: v for k, v in (("starts", attack_starts), ("steps", attack_steps))
                                                if v is not None}, precision=attack_precision or DEFAULT_PRECISION),
                         progress=not as_json, device=default_device(device),
-                        attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()))
+                        attackers=parse_attackers(attackers))
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
         why = {"not drawn": " the generator did not draw this person before unlearning (outcome: not drawn), so no "

@@ -20,6 +20,20 @@ ATTACKERS = ("identity", "pixel")  # every verify runs both (docs/verification.m
 ATTACK_BATCH = 64  # rows (identities x starts) descended together; more go in further batches
 
 
+def check_attackers(attackers: tuple[str, ...]) -> tuple[str, ...]:
+    """One or both of ATTACKERS, each once (a GuideEngineError otherwise) => attackers."""
+    if not attackers or set(attackers) - set(ATTACKERS) or len(set(attackers)) != len(attackers):
+        from ..engine.errors import GuideEngineError
+
+        raise GuideEngineError(f"--attackers {','.join(attackers)}: one or both of {','.join(ATTACKERS)}")
+    return attackers
+
+
+def parse_attackers(text: str) -> tuple[str, ...]:
+    """'identity, pixel' => ('identity', 'pixel'), checked by check_attackers."""
+    return check_attackers(tuple(a.strip() for a in text.split(",") if a.strip()))
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     starts: int = 32  # latents drawn from the prior per identity, all identities' descended in batches

@@ -26,7 +26,7 @@ from ..engine.files import state_sha256
 from ..engine.models import zoo
 from ..engine.rng import seeded_rng
 from . import calibration, ledger, metrics
-from .attack import ATTACKERS, AttackConfig
+from .attack import ATTACKERS, AttackConfig, check_attackers
 from .report import outcome, save_report_picture, write_html
 from .target import typical_radius
 
@@ -111,8 +111,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         raise GuideEngineError("--require robust needs the re-inversion attack; drop --no-reinversion")
     if attack.starts < 1 or attack.steps < 1:
         raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
-    if not attackers or set(attackers) - set(ATTACKERS) or len(set(attackers)) != len(attackers):
-        raise GuideEngineError(f"--attackers {','.join(attackers)}: one or both of {','.join(ATTACKERS)}")
+    check_attackers(attackers)
     if require == "robust" and set(attackers) != set(ATTACKERS):
         raise GuideEngineError(f"--require robust needs both attackers ({','.join(ATTACKERS)})")
     if backend == "torch":
