@@ -14,14 +14,20 @@ from ..kernels import identity_distance
 from .losses import feature_distance
 
 
+def look_distance(x, feats, image, feats_x) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces x (N, 3, H, W) with the network's features `feats` against one photo (or one each) and its features
+    => (pixel MSE + perceptual distance (N,), pixel MSE (N,)): how close each face looks, the identity left out."""
+    mse = (x - image).pow(2).flatten(1).mean(dim=1)
+    return mse + feature_distance(feats, [f.expand(len(x), *f.shape[1:]) for f in feats_x]), mse
+
+
 def inversion_loss(generator, identity_net, w, image, feats_x, desc_x, identity_term: bool = True):
     """=> (per-sample loss (N,), per-sample pixel MSE (N,)) of latents w against one photo (or one each): pixel MSE +
     perceptual (the network's features) + identity distance (its descriptor; left out with identity_term=False)."""
     x = generator.synthesize(w)
     feats, desc = identity_net.features(x)
-    mse = (x - image).pow(2).flatten(1).mean(dim=1)
+    loss, mse = look_distance(x, feats, image, feats_x)
     n = w.shape[0]
-    loss = mse + feature_distance(feats, [f.expand(n, *f.shape[1:]) for f in feats_x])
     if identity_term:
         loss = loss + identity_distance(desc, desc_x.expand(n, -1), reduction="none")
     return loss, mse

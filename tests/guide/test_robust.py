@@ -12,8 +12,18 @@ from guide_engine.engine.cli import main
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.rng import stream
 from guide_engine.guide.config import UnlearnConfig
-from guide_engine.guide.losses import pair_terms
-from guide_engine.guide.robust import PRESERVE_OFFSET, SCREEN_OFFSET, Attacker, RobustConfig
+from guide_engine.guide.invert import descend
+from guide_engine.guide.losses import feature_distance, pair_terms
+from guide_engine.guide.robust import (
+    LOOK_FACES,
+    LOOK_OFFSET,
+    PIXEL_OFFSET,
+    PRESERVE_OFFSET,
+    SCREEN_OFFSET,
+    SEARCH_OFFSET,
+    Attacker,
+    RobustConfig,
+)
 from guide_engine.guide.target import ufo_target
 from guide_engine.guide.unlearn import run_unlearning
 
@@ -103,6 +113,57 @@ def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
         RobustConfig(search_every=10, replay=0).validate()
 
 
+def _look(identity, images, photo):
+    """The pixel attacker's objective, written out: pixel MSE (each image less its mean colour) + the perceptual
+    distance of the network's features."""
+    feats, feats_x = identity.features(images)[0], identity.features(photo)[0]
+    shift = images.mean(dim=(2, 3), keepdim=True) - photo.mean(dim=(2, 3), keepdim=True)
+    return (images - photo - shift).pow(2).flatten(1).mean(1) + \
+        feature_distance(feats, [f.expand(len(images), *f.shape[1:]) for f in feats_x])
+
+
+def test_the_photos_look_margin_its_hinge_and_its_search(generator, identity):
+    """pixel_quantile: the margin is that quantile of the look (pixel + perceptual distance to the photo) of
+    LOOK_FACES random faces of G_s; the hinge adds weight x (margin - look) for each hinged face closer than it, zero
+    past it; a search round's pixel attacker (no identity term) banks the ends under the look margin."""
+    photo = _photo(generator)
+    cfg = RobustConfig(pool=3, margin=0.0, preserve=0, weight=2.0, pixel_quantile=0.3)  # the identity hinge at rest
+    attacker = Attacker(generator, identity, photo, cfg, seed=0)
+    with torch.no_grad():
+        faces = _look(identity, generator.synthesize(generator.sample_latents(LOOK_FACES, stream(0, -1, LOOK_OFFSET))),
+                      photo)
+        assert attacker.look_margin == pytest.approx(float(faces.quantile(0.3)), rel=1e-6)
+        G_u = copy.deepcopy(generator)
+        for p in G_u.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        look = _look(identity, G_u.synthesize(attacker.w), photo)
+        attacker.look_margin = float(look.median())  # some rows under it, some past it: the hinge means something
+        expected = 2.0 * (attacker.look_margin - look).clamp_min(0).sum()
+        assert expected > 0
+        torch.testing.assert_close(attacker.loss(G_u, generator, 0)["robust"], expected, rtol=1e-5, atol=0)
+        attacker.look_margin = float(look.min()) - 1e-3
+        assert attacker.loss(G_u, generator, 0)["robust"].item() == 0.0
+        faces = G_u.synthesize(attacker.w)  # the MSE ignores a change of every pixel by the same amount: brightening
+        feats = identity.features(faces)[0]  # all faces is no way out of the hinge
+        torch.testing.assert_close(attacker.look(faces + 0.3, feats), attacker.look(faces, feats), rtol=1e-5, atol=1e-6)
+    # the search: 1 identity start and 2 pixel starts; with the identity margin at 0 only the look can bank
+    search = dataclasses.replace(cfg, replay=1, bank_size=8, search_every=1, search_starts=1, search_pixel=2,
+                                 search_steps=2)
+    searcher = Attacker(generator, identity, photo, search, seed=0)
+    ends = torch.cat([descend(generator, identity, photo, generator.sample_latents(1, stream(0, 0, SEARCH_OFFSET)), 2,
+                              progress=False),
+                      descend(generator, identity, photo, generator.sample_latents(2, stream(0, 0, PIXEL_OFFSET)), 2,
+                              progress=False, identity_term=False)])
+    with torch.no_grad():
+        look = _look(identity, generator.synthesize(ends), photo)
+    searcher.look_margin = float(look.sort().values[1:].mean())  # between the 2nd and 3rd: two ends under it
+    assert searcher.search(generator, 0) == 2
+    torch.testing.assert_close(searcher.bank, ends[look < searcher.look_margin])
+    assert searcher.state_dict()["look_margin"] == searcher.look_margin  # in the checkpoint
+    with pytest.raises(GuideEngineError, match="pixel_quantile"):
+        RobustConfig(pixel_quantile=1.0).validate()
+
+
 def test_search_rounds_alone(generator, identity):
     """pool 0: no in-loop pool, the rounds' finds alone are hinged; before the first find there is nothing to
     hinge (no gradient, attack_dist nan), after it the bank's rows pull. pool 0 without rounds is refused."""
@@ -130,7 +191,7 @@ def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
     # re-seeds and banks before and after the checkpoint
     robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2, search_every=2, search_starts=2,
-                          search_steps=1)
+                          search_steps=1, search_pixel=1, pixel_quantile=0.5)
     cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
     a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
     ck = tmp_path / "ck.pt"
