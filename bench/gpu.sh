@@ -7,10 +7,11 @@
 #   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
 #                               with GUIDE_ENGINE_KERNELS=torch vs the kernels
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
-#   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults and the best measured
-#                               search rounds on seeds $SEEDS (default 0-9), verify's exam (both attackers,
-#                               32 x 300), $JOBS runs at a time (default 12); then the rounds' harder exam
-#                               (16 x 500)
+#   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults, the best measured
+#                               search rounds and those with the look hinge (docs/robust.md) on seeds
+#                               $SEEDS (default 0-9), verify's exam (both attackers,
+#                               32 x 300), $JOBS runs at a time (default 12); then the harder exam
+#                               (16 x 500) on the two
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
 #                               eg3d/ folder of a checkout of github.com/NVlabs/eg3d
 # Stages can be combined: bash bench/gpu.sh run kernels. The weights must be in the cache already
@@ -67,13 +68,15 @@ EOF
         --out "$RESULTS/bench" --quiet 2>&1 | tail -30
       ;;
     robust)
-      stage "robust: GUIDE, defaults, search rounds on seeds ${SEEDS:-0-9}, exam 32 x 300, both attackers"
+      stage "robust: GUIDE, defaults, search rounds, look hinge on seeds ${SEEDS:-0-9}, exam 32 x 300, both attackers"
       ROUNDS=search_every=50,replay=8,bank_size=256,preserve=8,preserve_weight=8,weight=2.5
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 32x300 \
-        --variant base: --variant "rounds:$ROUNDS" --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -40
-      stage "robust: the harder exam, 16 x 500, on the search rounds"
+        --variant base: --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" \
+        --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -50
+      stage "robust: the harder exam, 16 x 500, on the search rounds and the look hinge"
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 16x500 \
-        --variant "rounds:$ROUNDS" --no-guide --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -20
+        --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" --no-guide \
+        --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -20
       ;;
     eg3d)
       stage "EG3D FFHQ-512, random init"
