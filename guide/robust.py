@@ -201,22 +201,24 @@ class Attacker:
                                             progress=False, identity_term=False)])
         if self.cfg.screen:
             ends = torch.cat([ends, self.sample(self.cfg.screen, stream(self.seed, it, SCREEN_OFFSET)).to(ends)])
-        near = in_batches(lambda w: self.near(G_u.synthesize(w)).float(), ends, synthesis_batch(G_u))
-        found = ends[near.bool()]
+        found = ends[in_batches(lambda w: self.near(G_u.synthesize(w)), ends, synthesis_batch(G_u))]
         self.bank = torch.cat([self.bank, found])[-self.cfg.bank_size:]
         return len(found)
 
     def near(self, images: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) => (M,) bool: under the margin (or the look margin, when on): what the hinge would push."""
         feats, desc = self.net.features(images)
-        near = self.net.distance(desc, self.desc_x.expand_as(desc)) < self.cfg.margin
+        near = self._to_photo(desc) < self.cfg.margin
         if self.look_margin is not None:
             near |= self.look(images, feats) < self.look_margin
         return near
 
     def distance(self, images: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) => (M,) the training network's distance of each face to the photo."""
-        desc = self.net.descriptors(images)
+        return self._to_photo(self.net.descriptors(images))
+
+    def _to_photo(self, desc: torch.Tensor) -> torch.Tensor:
+        """(M, D) descriptors => (M,) the training network's distance of each to the photo's."""
         return self.net.distance(desc, self.desc_x.expand_as(desc))
 
     def loss(self, G_u, G_s, it: int) -> dict[str, torch.Tensor]:
@@ -234,7 +236,7 @@ class Attacker:
             return {"robust": torch.zeros((), device=w.device), "attack_dist": torch.tensor(float("nan"))}
         x_u = G_u.synthesize(w)
         feats_u, desc_u = self.net.features(x_u)
-        dist = self.net.distance(desc_u[:m], self.desc_x.expand(m, -1))
+        dist = self._to_photo(desc_u[:m])
         total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum()
         if self.look_margin is not None:
             look = self.look(x_u[:m], [f[:m] for f in feats_u])
@@ -263,4 +265,4 @@ class Attacker:
             self.w.copy_(state["w"])
         self.opt.load_state_dict(state["opt"])
         self.bank = state["bank"].clone()
-        self.look_margin = state.get("look_margin")  # measured at the start of the run, kept with it
+        self.look_margin = state.get("look_margin", self.look_margin)  # measured at the start of the run, kept with it
