@@ -52,6 +52,11 @@ def parse_variant(spec: str) -> tuple[str, dict]:
             raise GuideEngineError(f"variant {name}: {item!r} is not key=value over iters and RobustConfig's fields "
                                    f"({', '.join(fields)})")
         default = 0 if key == "iters" else fields[key].default
+        if isinstance(default, bool):
+            if value not in ("0", "1"):
+                raise GuideEngineError(f"variant {name}: {key}={value!r} is not 0 or 1")
+            out[key] = value == "1"
+            continue
         try:
             out[key] = value if isinstance(default, str) else int(value) if isinstance(default, int) else float(value)
         except ValueError:

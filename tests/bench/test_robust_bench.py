@@ -13,8 +13,10 @@ from guide_engine.engine.errors import GuideEngineError
 def test_variants_parse_with_the_config_types():
     assert parse_variant("a:pool=32,margin_quantile=0.2,reseed=farthest,iters=800") == \
         ("a", {"pool": 32, "margin_quantile": 0.2, "reseed": "farthest", "iters": 800})
+    assert parse_variant("b:recolour=1,search_pixel=8") == ("b", {"recolour": True, "search_pixel": 8})
     assert parse_variant("base:") == ("base", {}) and parse_variant("guide:iters=10") == ("guide", {"iters": 10})
     for bad, why in (("a:pools=3", "RobustConfig's fields"), ("a:pool=x", "not a number"), (":pool=3", "NAME"),
+                     ("a:recolour=yes", "not 0 or 1"),
                      ("guide:pool=3", "only iters")):
         with pytest.raises(GuideEngineError, match=why):
             parse_variant(bad)

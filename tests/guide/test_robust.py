@@ -114,11 +114,11 @@ def test_a_search_round_banks_what_ends_under_the_margin(generator, identity):
 
 
 def _look(identity, images, photo):
-    """The pixel attacker's objective, written out: pixel MSE (each image less its mean colour) + the perceptual
-    distance of the network's features."""
+    """The pixel attacker's objective, written out, on each image shifted to the photo's mean colour: pixel MSE +
+    the perceptual distance of the network's features."""
+    images = images + photo.mean(dim=(2, 3), keepdim=True) - images.mean(dim=(2, 3), keepdim=True)
     feats, feats_x = identity.features(images)[0], identity.features(photo)[0]
-    shift = images.mean(dim=(2, 3), keepdim=True) - photo.mean(dim=(2, 3), keepdim=True)
-    return (images - photo - shift).pow(2).flatten(1).mean(1) + \
+    return (images - photo).pow(2).flatten(1).mean(1) + \
         feature_distance(feats, [f.expand(len(images), *f.shape[1:]) for f in feats_x])
 
 
@@ -143,9 +143,9 @@ def test_the_photos_look_margin_its_hinge_and_its_search(generator, identity):
         torch.testing.assert_close(attacker.loss(G_u, generator, 0)["robust"], expected, rtol=1e-5, atol=0)
         attacker.look_margin = float(look.min()) - 1e-3
         assert attacker.loss(G_u, generator, 0)["robust"].item() == 0.0
-        faces = G_u.synthesize(attacker.w)  # the MSE ignores a change of every pixel by the same amount: brightening
-        feats = identity.features(faces)[0]  # all faces is no way out of the hinge
-        torch.testing.assert_close(attacker.look(faces + 0.3, feats), attacker.look(faces, feats), rtol=1e-5, atol=1e-6)
+        faces = G_u.synthesize(attacker.w)  # a change of every pixel of a colour by the same amount moves neither
+        tint = torch.tensor([0.3, -0.1, 0.2]).view(1, 3, 1, 1)  # term: tinting all faces is no way out of the hinge
+        torch.testing.assert_close(attacker.look(faces + tint), attacker.look(faces), rtol=1e-5, atol=1e-6)
     # the search: 1 identity start and 2 pixel starts; with the identity margin at 0 only the look can bank
     search = dataclasses.replace(cfg, replay=1, bank_size=8, search_every=1, search_starts=1, search_pixel=2,
                                  search_steps=2)
@@ -162,6 +162,30 @@ def test_the_photos_look_margin_its_hinge_and_its_search(generator, identity):
     assert searcher.state_dict()["look_margin"] == searcher.look_margin  # in the checkpoint
     with pytest.raises(GuideEngineError, match="pixel_quantile"):
         RobustConfig(pixel_quantile=1.0).validate()
+
+
+def test_recolour_leaves_no_way_out_by_a_tint(generator, identity):
+    """recolour: the identity hinge, like the look hinge, sees each face recoloured to the photo's mean colour: a
+    tint of every face moves neither distance (it moves the plain network distance), and the hinge is weight x
+    (margin - distance) on the recoloured faces."""
+    photo = _photo(generator)
+    cfg = RobustConfig(pool=3, margin=0.0, preserve=0, weight=2.0, pixel_quantile=0.3, recolour=True)
+    attacker = Attacker(generator, identity, photo, cfg, seed=0)
+    plain = Attacker(generator, identity, photo, dataclasses.replace(cfg, recolour=False), seed=0)
+    tint = torch.tensor([0.3, -0.1, 0.2]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        faces = generator.synthesize(attacker.w)
+        for tinted, face in zip(attacker.hinged(faces + tint), attacker.hinged(faces)):
+            torch.testing.assert_close(tinted, face, rtol=1e-5, atol=1e-6)
+        assert (plain.hinged(faces + tint)[0] - plain.hinged(faces)[0]).abs().max() > 1e-3
+        recoloured = faces - faces.mean(dim=(2, 3), keepdim=True) + photo.mean(dim=(2, 3), keepdim=True)
+        dist = identity.distance(identity.descriptors(recoloured), identity.descriptors(photo).expand(3, -1))
+        torch.testing.assert_close(attacker.hinged(faces)[0], dist, rtol=1e-5, atol=1e-6)
+        attacker.cfg = dataclasses.replace(cfg, margin=float(dist.median()))  # one row under the margin
+        attacker.look_margin = float(attacker.hinged(faces)[1].min()) - 1e-3  # the look hinge at rest
+        expected = 2.0 * (attacker.cfg.margin - dist).clamp_min(0).sum()
+        assert expected > 0
+        torch.testing.assert_close(attacker.loss(generator, generator, 0)["robust"], expected, rtol=1e-5, atol=0)
 
 
 def test_search_rounds_alone(generator, identity):
@@ -191,7 +215,7 @@ def test_robust_resume_equals_uninterrupted(generator, identity, tmp_path):
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
     # re-seeds and banks before and after the checkpoint
     robust = RobustConfig(pool=2, steps=1, reseed_every=2, margin=0.6, replay=2, search_every=2, search_starts=2,
-                          search_steps=1, search_pixel=1, pixel_quantile=0.5)
+                          search_steps=1, search_pixel=1, pixel_quantile=0.5, recolour=True)
     cfg = UnlearnConfig(iters=6, alpha_max=5.0, checkpoint_every=3, robust=robust)
     a, hist = run_unlearning(generator, identity, w_u, w_t, cfg, progress=False)
     ck = tmp_path / "ck.pt"
