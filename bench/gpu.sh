@@ -9,9 +9,8 @@
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
 #   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults, the best measured
 #                               search rounds and those with the look hinge (docs/robust.md) on seeds
-#                               $SEEDS (default 0-9), verify's exam (both attackers,
-#                               32 x 300), $JOBS runs at a time (default 12); then the harder exam
-#                               (16 x 500) on the two
+#                               $SEEDS (default 0-9), verify's exam (both attackers, 32 x 300), $JOBS runs
+#                               at a time (default 12); then the harder exam (16 x 500) on the last two
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
 #                               eg3d/ folder of a checkout of github.com/NVlabs/eg3d
 # Stages can be combined: bash bench/gpu.sh run kernels. The weights must be in the cache already
