@@ -172,10 +172,11 @@ class Attacker:
         recoloured to the photo's mean colour (one feature pass); `desc`: the faces' own descriptors, if at hand."""
         if self.cfg.recolour:
             feats, desc = self.net.features(_recoloured(images, self.photo))
+            dist = self._to_photo(desc)
         else:
             feats = None
-            desc = self.net.descriptors(images) if desc is None else desc
-        return self._to_photo(desc), None if self.look_margin is None else self.look(images, feats)
+            dist = self.distance(images) if desc is None else self._to_photo(desc)
+        return dist, None if self.look_margin is None else self.look(images, feats)
 
     def advance(self, G_u, it: int) -> None:
         """`steps` inversion steps of the pool through the current G_u (gradients to the pool only), and every
