@@ -99,7 +99,13 @@ def guide_loss(terms: Terms, role: torch.Tensor, n_identities: int, losses: tupl
     iteration's n_identities identities; global samples only the perceptual term."""
     pair = terms.pair()
     role = role.to(pair.device)
-    out = {"local": pair[role == LOCAL].sum() / n_identities, "adj": pair[role == ADJ].sum() / n_identities,
-           "glob": terms.perceptual[role == GLOB].sum()}
+
+    def over(values: torch.Tensor, r: int) -> torch.Tensor:
+        """The sum over the rows of role r: masked, not indexed, so no shape depends on the data (a CUDA graph
+        can hold it: guide/cuda_graph.py)."""
+        return torch.where(role == r, values, 0).sum()
+
+    out = {"local": over(pair, LOCAL) / n_identities, "adj": over(pair, ADJ) / n_identities,
+           "glob": over(terms.perceptual, GLOB)}
     out["total"] = sum(out[k] for k in losses)
     return out

@@ -49,7 +49,8 @@ def identity_batch(n: int, b: int, seed: int, it: int) -> torch.Tensor:
 @dataclass
 class Batch:
     """An iteration's constants: the latents of each side, laid out [local (B), adjacency (B n_adj),
-    global (n_glob)], their roles, the camera (3D-aware generators render all of them from one), B."""
+    global (n_glob)], their roles, the camera (3D-aware generators render all of them from one), B. A part
+    of a batch keeps the order: its local rows, if any, come first (n_local of them)."""
 
     lat_u: torch.Tensor
     lat_t: torch.Tensor
@@ -57,14 +58,19 @@ class Batch:
     view: object
     ids: torch.Tensor  # (B,) which identities (indices into w_u) this iteration trains
     identity: torch.Tensor  # (rows,) the identity of each local and adjacency row; -1 for global rows
+    n_local: int  # how many of the rows are local pairs: the first ones
 
     @property
     def n_identities(self) -> int:
         return len(self.ids)
 
     def rows(self, index) -> "Batch":
-        """A part of the batch (a micro-batch, a rank's share) with the same loss normalisation."""
-        return Batch(self.lat_u[index], self.lat_t[index], self.role[index], self.view, self.ids, self.identity[index])
+        """A part of the batch (a micro-batch, a rank's share: a slice or sorted indices) with the same loss
+        normalisation."""
+        role = self.role[index]
+        n_local = int((role == LOCAL).sum())
+        assert bool((role[:n_local] == LOCAL).all()), "a part of a batch keeps its order: local rows first"
+        return Batch(self.lat_u[index], self.lat_t[index], role, self.view, self.ids, self.identity[index], n_local)
 
 
 def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
@@ -81,7 +87,7 @@ def iteration_latents(G_s, w_u, w_t, cfg: UnlearnConfig, it: int) -> Batch:
     ids = ids.cpu()
     identity = torch.cat([ids, ids.repeat_interleave(cfg.n_adj), torch.full((cfg.n_glob,), -1, dtype=ids.dtype)])
     return Batch(torch.cat([w_u[ids], src_adj, w_glob]), torch.cat([w_t[ids], tgt_adj, w_glob]),
-                 roles(b, cfg.n_adj, cfg.n_glob), view, ids, identity)
+                 roles(b, cfg.n_adj, cfg.n_glob), view, ids, identity, b)
 
 
 class TargetCache:
@@ -109,8 +115,8 @@ class TargetCache:
     def target_side(self, G_s, identity_net, batch: Batch):
         """=> (x_t, rep_t, identity features of x_t or None) for the batch's rows: the local rows (first in a
         batch, and so in any part of one: parts keep the order) from the cache, the others computed."""
-        ids = batch.identity[batch.role == LOCAL].to(self.x.device)  # the local rows' identities
-        rest = batch.lat_t[len(ids):]
+        ids = batch.identity[:batch.n_local].to(self.x.device)  # the local rows' identities
+        rest = batch.lat_t[batch.n_local:]
         x, rep = G_s.synthesize_with_representation(rest, batch.view) if len(rest) else (self.x[:0], self.rep[:0])
         x_t, rep_t = torch.cat([self.x[ids], x]), torch.cat([self.rep[ids], rep])
         if not self.with_features:
@@ -140,15 +146,14 @@ def with_push(out: dict, terms: Terms, G_s, identity_net, batch: Batch, cfg: Unl
     the iteration's identities, like the pairs): their faces under G_u against G_s's at the same w_u."""
     if not cfg.push_weight:
         return out
-    local = batch.role == LOCAL
+    n = batch.n_local  # the local rows come first
     if cache is not None and cache.source_desc is not None:
-        source = cache.source_desc[batch.identity[local].to(cache.source_desc.device)]
+        source = cache.source_desc[batch.identity[:n].to(cache.source_desc.device)]
     else:
         with torch.no_grad():
-            source = identity_net.descriptors(G_s.synthesize(batch.lat_u[local.to(batch.lat_u.device)], batch.view)) \
-                if local.any() else terms.desc_u[:0].detach()
-    local = local.to(terms.desc_u.device)
-    out["push"] = cfg.push_weight * push_past(identity_net, terms.desc_u[local], source, cfg.push_margin).sum() \
+            source = identity_net.descriptors(G_s.synthesize(batch.lat_u[:n], batch.view)) if n \
+                else terms.desc_u[:0].detach()
+    out["push"] = cfg.push_weight * push_past(identity_net, terms.desc_u[:n], source, cfg.push_margin).sum() \
         / batch.n_identities
     out["total"] = out["total"] + out["push"]
     return out
