@@ -3,9 +3,10 @@
 #   bash bench/gpu.sh tests     the tests marked gpu (kernels compiled for this GPU, unlearn/verify/runner
 #                               on CUDA)
 #   bash bench/gpu.sh suite     the whole suite, 8 workers (CLI commands default to CUDA there)
-#   bash bench/gpu.sh run       unlearn --seed 0 --device cuda with defaults, verify --device cuda on it
+#   bash bench/gpu.sh run       unlearn --seed 0 --device cuda with defaults, verify --device cuda on it;
+#                               the same unlearn with --cuda-graph
 #   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
-#                               with GUIDE_ENGINE_KERNELS=torch vs the kernels
+#                               with GUIDE_ENGINE_KERNELS=torch vs the kernels, each eager and as a CUDA graph
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
 #   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults, the best measured
 #                               search rounds and those with the look hinge (docs/robust.md) on seeds
@@ -34,10 +35,11 @@ for what in "$@"; do
         | tee "$RESULTS/tests-all.log" | tail -25
       ;;
     run)
-      stage "unlearn --seed 0 --device cuda (defaults)"
-      rm -rf "$RESULTS/run0" "$RESULTS/run0.partial"
-      guide-engine unlearn --seed 0 --device cuda --out "$RESULTS/run0" --quiet 2>&1 | tail -5
-      $PY - "$RESULTS/run0" <<'EOF'
+      for graph in "" --cuda-graph; do
+        stage "unlearn --seed 0 --device cuda $graph (defaults)"
+        rm -rf "$RESULTS/run0$graph" "$RESULTS/run0$graph.partial"
+        guide-engine unlearn --seed 0 --device cuda $graph --out "$RESULTS/run0$graph" --quiet 2>&1 | tail -5
+        $PY - "$RESULTS/run0$graph" <<'EOF'
 import json, sys
 from pathlib import Path
 from guide_engine.bench.eg3d import s_per_iter
@@ -46,6 +48,7 @@ m = json.loads((run / "manifest.json").read_text())
 print(f"median s/iter after 10 burn-in {s_per_iter(run, 10)[0]:.4f}, "
       f"whole loop {m['timings_s']['unlearn']:.1f} s, peak CUDA memory {m['peak_cuda_memory_mib']} MiB")
 EOF
+      done
       stage "verify --device cuda"
       t0=$SECONDS
       guide-engine verify "$RESULTS/run0" --device cuda --quiet 2>&1 | tail -22

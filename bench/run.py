@@ -170,6 +170,10 @@ def markdown(res: dict) -> str:
                      f"{u['batched']['flop_per_iter'] / 1e9:.2f} GFLOP per iteration at "
                      f"{u['batched']['flop_per_s'] / 1e9:.1f} "
                      f"GFLOP/s, {pct(u['batched']['frac_of_measured_matmul'])}% of the measured matmul")
+        if "cuda_graph" in u["levers"]:
+            g = u["levers"]["cuda_graph"]["s_per_iter"]
+            lines.append(f"--cuda-graph: {g * 1e3:.2f} ms per iteration, {u['batched']['s_per_iter'] / g:.2f}x the "
+                         f"default loop's speed")
         if "robust_default" in u["levers"]:
             lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "
                          f"the default loop per iteration")

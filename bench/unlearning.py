@@ -1,7 +1,8 @@
 """Seconds per unlearning iteration on one identity, in one process: the official one-call-per-latent
-structure in fp32, then each speed lever on its own and all together (the engine's default), and the
-default with `--robust` (its attacker's inversion steps and hinge on top); with each, the FLOPs of one
-iteration, so a bench can say how close the loop runs to what the machine can do.
+structure in fp32, then each speed lever on its own and all together (the engine's default), the default
+as one CUDA graph (`--cuda-graph`; on CUDA only), and the default with `--robust` (its attacker's inversion
+steps and hinge on top); with each, the FLOPs of one iteration, so a bench can say how close the loop runs
+to what the machine can do.
 `python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ LEVERS = {
     "batched_fp32_fused_adam": {"precision": "fp32", "cache_targets": False, "fused_adam": True},
     "batched_bf16": {"precision": "bf16", "cache_targets": False, "fused_adam": False},
     "default": {},
+    "cuda_graph": {"cuda_graph": True},  # CUDA only: guide/cuda_graph.py
     "robust_default": {"robust": "default"},  # RobustConfig(), its margin resolved as `unlearn --robust` does
 }
 
@@ -37,11 +39,13 @@ def flop_per_iter(run, cfg) -> float:
     return float(counts[1] - counts[0])
 
 
-LEVER_FIELDS = ("reference_loop", "precision", "cache_targets", "fused_adam")  # what each row reports
+LEVER_FIELDS = ("reference_loop", "precision", "cache_targets", "fused_adam", "cuda_graph")  # what each row reports
 
 
 def measure(iters: int, device: str = "cpu") -> dict:
     import dataclasses
+
+    import torch
 
     from ..engine.files import state_sha256
     from ..engine.models import zoo
@@ -57,6 +61,8 @@ def measure(iters: int, device: str = "cpu") -> dict:
     w_t = ufo_target(w_u, G.average_latent(), 10.0)
     out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
     for name, fields in LEVERS.items():
+        if fields.get("cuda_graph") and torch.device(device).type != "cuda":
+            continue
         fields = {"precision": DEFAULT_PRECISION, **fields}
         if fields.get("robust") == "default":
             robust = RobustConfig()

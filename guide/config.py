@@ -16,6 +16,7 @@ from ..engine.errors import GuideEngineError
 from ..engine.models.zoo import DEFAULT_GENERATOR, DEFAULT_IDENTITY
 from ..engine.precision import check as check_precision
 from .calibration import quantile
+from .cuda_graph import refusal as cuda_graph_refusal
 from .robust import RobustConfig
 from .target import resolve_distance
 
@@ -70,6 +71,8 @@ class UnlearnConfig:
     precision: str = flag(DEFAULT_PRECISION, "The identity network's passes in bf16 autocast or fp32 (the generator, "
                           "weights, Adam and losses stay fp32).", choices=("bf16", "fp32"))
     device: str = flag("cpu", "cpu or cuda.", shown="cuda when present")  # the CLI's default: engine/runtime.py
+    cuda_graph: bool = flag(False, "Capture the iteration (forward, backward, Adam's step) once as a CUDA graph and "
+                            "replay it: the same iterations, fewer launches (guide/cuda_graph.py).", is_flag=True)
     # -- the identity and its target ---------------------------------------------------------------
     invert_steps: int = flag(300, "Adam steps inverting each photo.")
     target: str = flag("extra", "UFO extrapolation (GUIDE) or the average latent (baseline).",
@@ -123,6 +126,8 @@ class UnlearnConfig:
         if self.micro_batch < 0:
             raise GuideEngineError(f"--micro-batch {self.micro_batch}: must be 0 (all at once) or positive")
         check_precision(self.precision)
+        if self.cuda_graph and (why := cuda_graph_refusal(self)):
+            raise GuideEngineError(f"--cuda-graph: {why}")
         if self.push_weight < 0 or (self.push_weight > 0 and not self.push_margin > 0):
             raise GuideEngineError("push past: the weight must be >= 0 and, when it is not 0, the margin positive")
         if self.identities_per_iter < 1:

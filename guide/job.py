@@ -51,10 +51,12 @@ def check_request(out: Path, sources: tuple[Source, ...], cfg: UnlearnConfig, re
 
 def check_same_config(work: Path, cfg: UnlearnConfig) -> None:
     """--resume must continue the run it resumes: every resolved setting equal to what the interrupted run's
-    config.json recorded (the device aside), else a one-line refusal naming the flag."""
+    config.json recorded (the device and --cuda-graph aside: where it runs, not what), else a one-line refusal
+    naming the flag."""
     old = read_json(work / rundir.CONFIG)
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    differ = [key for key, value in new.items() if key != "device" and key in old and old[key] != value]
+    differ = [key for key, value in new.items()
+              if key not in ("device", "cuda_graph") and key in old and old[key] != value]
     if differ:
         flags = list(dict.fromkeys(cfg.flag_of(key) for key in differ))
         what = "; ".join(f"{key} {old[key]!r} there, {new[key]!r} now" for key in differ)

@@ -8,7 +8,8 @@ the same whatever N is. The `reference_loop` mode keeps the official code's stru
 call per latent, losses computed pair by pair) for timing; both compute the same mathematics.
 Randomness of iteration i comes from stream(seed, i) (engine/rng.py) (the identities drawn, from
 their own stream), and the global RNG is seeded the same way during the iteration (EG3D samples rays
-with it): resuming needs no RNG state.
+with it): resuming needs no RNG state. With cfg.cuda_graph the iteration's forward, backward and Adam step
+are captured once and replayed (guide/cuda_graph.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..engine.errors import GuideEngineError
 from ..engine.progress import bar
 from ..engine.rng import seeded_rng, stream, stream_seed
 from ..kernels import latent_adjacency
-from . import distributed
+from . import cuda_graph, distributed
 from .config import UnlearnConfig
 from .history import History
 from .losses import LOCAL, Terms, guide_loss, pair_terms, push_past, roles
@@ -219,6 +220,9 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     `photo` (N, 3, H, W): what the robust mode's attackers invert, one per identity (None: what G_s
     draws at each w_u)."""
     cfg.validate()
+    if cfg.cuda_graph and (why := cuda_graph.refusal_at_run(cfg.device, not TargetCache.usable(G_s),
+                                                             distributed.active())):
+        raise GuideEngineError(f"--cuda-graph: {why}")
     if hasattr(identity_net, "at_precision"):
         identity_net = identity_net.at_precision(cfg.precision)
     G_s.eval()
@@ -231,7 +235,8 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     params = list(G_u.trainable_parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.lr, fused=cfg.fused_adam or None)  # None: torch's default implementation
+    opt = torch.optim.Adam(params, lr=cfg.lr, fused=cfg.fused_adam or None,  # None: torch's default implementation
+                           capturable=cfg.cuda_graph)  # its step count on the device, where a graph can count
     trainee = G_u  # what the step calls: G_u itself, or G_u behind DistributedDataParallel
     if distributed.active():
         if cfg.reference_loop or cfg.robust is not None:
@@ -264,6 +269,9 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
     if cache is not None and cfg.push_weight:
         cache.with_sources(G_s, identity_net, w_u)
     step = step_reference if cfg.reference_loop else functools.partial(step_batched, cache=cache)
+    graphed = cuda_graph.GraphedStep(functools.partial(step_batched, trainee, G_s, identity_net, cfg=cfg,
+                                                       perceptual=perceptual, cache=cache), opt) \
+        if cfg.cuda_graph else None
     history = []
     end = cfg.iters if stop_after is None else min(cfg.iters, stop_after)
     record = History(history_csv, start) if history_csv is not None and distributed.is_writer() else None
@@ -279,26 +287,29 @@ def run_unlearning(G_s, identity_net, w_u: torch.Tensor, w_t: torch.Tensor, cfg:
             if len(mine) == 0:  # nothing for this rank this time: a zero-weighted row keeps DDP's all-reduce in step
                 mine, scale = torch.tensor([len(batch.role) - 1]), 0.0
             batch = batch.rows(mine)
-        opt.zero_grad(set_to_none=True)
         # Generators that draw random numbers inside (EG3D's stratified ray samples) draw them from the
         # global RNG: seed it per iteration too, so runs and resumed runs repeat exactly.
         with seeded_rng(stream_seed(cfg.seed, it), w_u.device):
-            drawn = [attackers[i] for i in batch.ids.tolist()] if attackers else []
-            for a in drawn:
-                a.advance(G_u, it)  # the attackers move first, against the current G_u
-            if cfg.micro_batch and not cfg.reference_loop:
-                losses = backward_micro_batched(trainee, G_s, identity_net, batch, cfg, perceptual, scale, cache)
+            if graphed is not None:  # forward, backward and Adam's step as one replay (guide/cuda_graph.py)
+                losses = graphed(batch)
             else:
-                losses = step(trainee, G_s, identity_net, batch, cfg, perceptual)
-                (scale * losses["total"]).backward()
-            if drawn:
-                found = [a.loss(G_u, G_s, it) for a in drawn]
-                robust = sum(f["robust"] for f in found) / len(drawn)  # averaged over identities, like the pairs
-                if robust.requires_grad:  # (nothing to hinge or keep yet: a search-only attacker before its finds)
-                    robust.backward()  # gradients add up: the total loss is GUIDE's plus this
-                losses["total"] = losses["total"].detach() + robust.detach()
-                losses.update(robust=robust.detach(), attack_dist=min(f["attack_dist"] for f in found))
-        opt.step()
+                opt.zero_grad(set_to_none=True)
+                drawn = [attackers[i] for i in batch.ids.tolist()] if attackers else []
+                for a in drawn:
+                    a.advance(G_u, it)  # the attackers move first, against the current G_u
+                if cfg.micro_batch and not cfg.reference_loop:
+                    losses = backward_micro_batched(trainee, G_s, identity_net, batch, cfg, perceptual, scale, cache)
+                else:
+                    losses = step(trainee, G_s, identity_net, batch, cfg, perceptual)
+                    (scale * losses["total"]).backward()
+                if drawn:
+                    found = [a.loss(G_u, G_s, it) for a in drawn]
+                    robust = sum(f["robust"] for f in found) / len(drawn)  # averaged over identities, like the pairs
+                    if robust.requires_grad:  # (nothing to hinge or keep yet: a search-only attacker before its finds)
+                        robust.backward()  # gradients add up: the total loss is GUIDE's plus this
+                    losses["total"] = losses["total"].detach() + robust.detach()
+                    losses.update(robust=robust.detach(), attack_dist=min(f["attack_dist"] for f in found))
+                opt.step()
         if distributed.active():  # the iteration's losses, summed over the ranks' shares
             losses = {k: v.detach() * (scale / distributed.world()) for k, v in losses.items()}
             for v in losses.values():
