@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checklist on a CUDA host, in stages, each one's log and JSON under $RESULTS (default results/gpu):
+#   bash bench/gpu.sh setup     on a host that reaches no registry: install what bench/gpu-prepare.sh gathered
+#                               in $GPU_DIR (default .gpu/) and this checkout into /tmp/site (on PYTHONPATH,
+#                               pip --no-deps), and use a copy of $GPU_DIR/home as the weights cache; the
+#                               stages named after it in the same call run with all three
 #   bash bench/gpu.sh tests     the tests marked gpu (kernels compiled for this GPU, unlearn/verify/runner
 #                               on CUDA)
 #   bash bench/gpu.sh suite     the whole suite, 8 workers (CLI commands default to CUDA there)
@@ -25,6 +29,21 @@ stage() { echo; echo "=== $1 ($(date +%H:%M:%S))"; }
 
 for what in "$@"; do
   case $what in
+    setup)
+      GPU_DIR=${GPU_DIR:-.gpu}
+      stage "setup from $GPU_DIR: $(ls "$GPU_DIR"/wheels | wc -l) wheels, this checkout, the weights cache"
+      $PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$GPU_DIR"/wheels/*.whl || exit 1
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      $PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-build-isolation --no-cache-dir \
+        --upgrade --target /tmp/site . || exit 1
+      export PATH=/tmp/site/bin:$PATH  # where pip put `guide-engine`
+      export GUIDE_ENGINE_HOME=/tmp/guide-engine-home  # a copy: $GPU_DIR stays the size it travelled at
+      rm -rf "$GUIDE_ENGINE_HOME" && cp -r "$GPU_DIR/home" "$GUIDE_ENGINE_HOME"
+      guide-engine models fetch || exit 1
+      $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'on',
+              torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+      ;;
     tests)
       stage "tests marked gpu (Triton compiled, not interpreted)"
       TRITON_INTERPRET=0 $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$RESULTS/tests-gpu.log" | tail -15
@@ -85,6 +104,6 @@ EOF
       $PY -m guide_engine.bench.eg3d --nvlabs-code "${NVLABS_CODE:?set NVLABS_CODE to NVlabs eg3d/ folder}" \
         --iters "${EG3D_ITERS:-12}" --out "$RESULTS/eg3d" 2>&1 | tail -8
       ;;
-    *) echo "unknown stage $what (tests, suite, run, kernels, sampling, robust, eg3d)"; exit 2 ;;
+    *) echo "unknown stage $what (setup, tests, suite, run, kernels, sampling, robust, eg3d)"; exit 2 ;;
   esac
 done
