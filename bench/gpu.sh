@@ -32,11 +32,9 @@ for what in "$@"; do
     setup)
       GPU_DIR=${GPU_DIR:-.gpu}
       stage "setup from $GPU_DIR: $(ls "$GPU_DIR"/wheels | wc -l) wheels, this checkout, the weights cache"
-      $PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$GPU_DIR"/wheels/*.whl || exit 1
+      $PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-build-isolation --no-compile \
+        --no-cache-dir --upgrade --target /tmp/site "$GPU_DIR"/wheels/*.whl . || exit 1
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-      $PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --upgrade --target /tmp/site . || exit 1
       export PATH=/tmp/site/bin:$PATH  # where pip put `guide-engine`
       export GUIDE_ENGINE_HOME=/tmp/guide-engine-home  # a copy: $GPU_DIR stays the size it travelled at
       rm -rf "$GUIDE_ENGINE_HOME" && cp -r "$GPU_DIR/home" "$GUIDE_ENGINE_HOME"
