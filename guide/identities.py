@@ -121,7 +121,11 @@ def ledger_entries(G_s, id_net, sources: list[Source], cfg: UnlearnConfig, first
                    calib: dict | None, progress: bool) -> tuple[list[dict], list[torch.Tensor | None]]:
     """Each source found (w_u) and given its target (w_t) => (the ledger's new entries, the aligned photos).
     `cfg` is resolved (d, the search); `first_index`: the ledger's index of the first new identity."""
+    from ..engine.files import state_sha256
+    from .faceness import look_range
+
     w_avg = G_s.average_latent()
+    looks = look_range(G_s, state_sha256(G_s)) if cfg.target == "extra" and cfg.target_search > 0 else None
     entries, photos = [], []
     for i, src in enumerate(sources):
         w_u, how, photo = find_identity(G_s, id_net, src, cfg.invert_steps, progress, cfg.precision, calib)
@@ -130,7 +134,15 @@ def ledger_entries(G_s, id_net, sources: list[Source], cfg: UnlearnConfig, first
         d = cfg.target_distance
         if cfg.target == "extra":
             w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, cfg.target_search, cfg.target_angle,
-                                            torch.Generator().manual_seed(cfg.seed + i))
+                                            torch.Generator().manual_seed(cfg.seed + i),
+                                            qualify=looks.check if looks else None)
+            if search["widened"]:
+                note(f"{src.describe()}: no target candidate within {cfg.target_angle:g} degrees was a face the "
+                     f"generator draws well; the search widened to {search['max_angle_deg']:g} degrees "
+                     f"({search['candidates_face']} of {search['candidates']} candidates qualify)", True)
+            if search["face"] is False:
+                note(f"warning: {src.describe()}: no target candidate is a face the generator draws well; the UFO "
+                     f"formula's target is used as it is", True)
         else:
             w_t = ufo_target(w_u, w_avg, d, cfg.target)
             search = {"target_id_dist": identity_distances(G_s, id_net, w_u, w_t).item()}

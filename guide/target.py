@@ -13,7 +13,9 @@ third of the identities have a UFO target whose image the identity network puts 
 than two random strangers are (measured: seeds 1, 6, 8, 10 of 0-11), and the unlearned image converges
 to that target. So the engine draws candidates on the same far side, w_avg + d (cos t u + sin t v) with
 u = -w_id / ||w_id||, v a random direction orthogonal to u and t ~ U(0, max_angle), plus the formula's
-own target (t = 0), and keeps the one whose image is farthest from the source's to the identity net.
+own target (t = 0), and keeps the one whose image is farthest from the source's to the identity net, among
+the candidates that are faces the generator draws well (guide/faceness.py): far from every face is also what a
+dark smear is, and the person must become someone else.
 """
 from __future__ import annotations
 
@@ -102,14 +104,34 @@ def ufo_candidates(w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int, max
     return torch.cat([w_t0, w_avg + d * (c * u + s * v)]), torch.cat([torch.zeros(1), theta])
 
 
+WIDEN = (2.0, 3.0)  # no candidate is a face: search again at these multiples of the angle (at most 90 degrees)
+
+
 @torch.no_grad()
 def search_ufo_target(generator, identity_net, w_u: torch.Tensor, w_avg: torch.Tensor, d: float, n: int,
-                      max_angle_deg: float, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """=> (w_t (1, *S), what was searched). n = 0 returns the formula's target unchanged."""
+                      max_angle_deg: float, rng: torch.Generator, qualify=None) -> tuple[torch.Tensor, dict]:
+    """=> (w_t (1, *S), what was searched). n = 0 returns the formula's target unchanged.
+    `qualify`: images (K, 3, H, W) => dict with `ok` (K,) bool (guide/faceness.py: a face the generator draws
+    well); only qualified candidates are chosen, the farthest of them. None qualifies: the search widens (WIDEN);
+    none after that either: the formula's target, and `face` False says so."""
+    from ..engine.runtime import in_batches, synthesis_batch
+
     cands, theta = ufo_candidates(w_u, w_avg, d, n, max_angle_deg, rng)
-    dist = identity_distances(generator, identity_net, w_u, cands)
-    best = int(dist.argmax())
+    angles = [max_angle_deg]
+    while True:
+        images = in_batches(generator.synthesize, cands, synthesis_batch(generator))
+        dist = image_distances(identity_net, generator.synthesize(w_u), images)
+        ok = torch.ones(len(cands), dtype=torch.bool) if qualify is None else \
+            torch.as_tensor(qualify(images)["ok"], dtype=torch.bool)
+        if ok.any() or n == 0 or len(angles) > len(WIDEN):
+            break
+        angles.append(min(90.0, max_angle_deg * WIDEN[len(angles) - 1]))
+        more, more_theta = ufo_candidates(w_u, w_avg, d, n, angles[-1], rng)
+        cands, theta = torch.cat([cands, more[1:]]), torch.cat([theta, more_theta[1:]])
+    best = int(torch.where(ok, dist, torch.full_like(dist, -float("inf"))).argmax()) if ok.any() else 0
     return cands[best:best + 1].clone(), {
-        "candidates": len(cands), "max_angle_deg": max_angle_deg, "angle_deg": math.degrees(theta[best].item()),
+        "candidates": len(cands), "max_angle_deg": angles[-1], "angle_deg": math.degrees(theta[best].item()),
         "target_id_dist": dist[best].item(), "formula_target_id_dist": dist[0].item(),
-        "candidates_id_dist_median": dist.median().item()}
+        "candidates_id_dist_median": dist.median().item(),
+        "candidates_face": int(ok.sum()) if qualify is not None else None, "widened": len(angles) > 1,
+        "face": bool(ok[best]) if qualify is not None else None}
