@@ -10,8 +10,9 @@ kept >= 95% by both networks, pixel L1 within 1.5x GUIDE's, and unlearning wall 
         --device cuda --jobs 9 --out results/robust
 
 A variant is NAME:key=value,... over RobustConfig's fields (guide/robust.py); `iters=` sets the run's
-iteration count. GUIDE alone (no robust mode) runs as the variant `guide` (`--variant guide:iters=N` to
-change its iterations, `--no-guide` to leave it out). Results go to OUT/results.jsonl
+iteration count and `identity=` its training network (`identity=dlib-resnet-v1+arcface-mbf`: an ensemble).
+GUIDE alone (no robust mode) runs as the variant `guide` (`--variant guide:iters=N` to change its iterations,
+`--no-guide` to leave it out). Results go to OUT/results.jsonl
 a line per (variant, seed, exam) as each finishes; a second call with the same OUT reuses finished runs, so
 a sweep cut short resumes, and `--attack 16x500` (the harder exam) or `--attackers pixel` re-grades finished
 runs (OUT/runs holds the generators). Timings are only comparable between runs that shared the machine the
@@ -48,10 +49,10 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     out = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        if not eq or (key not in fields and key != "iters"):
-            raise GuideEngineError(f"variant {name}: {item!r} is not key=value over iters and RobustConfig's fields "
-                                   f"({', '.join(fields)})")
-        default = 0 if key == "iters" else fields[key].default
+        if not eq or (key not in fields and key not in ("iters", "identity")):
+            raise GuideEngineError(f"variant {name}: {item!r} is not key=value over iters, identity and RobustConfig's "
+                                   f"fields ({', '.join(fields)})")
+        default = {"iters": 0, "identity": ""}[key] if key in ("iters", "identity") else fields[key].default
         if isinstance(default, bool):
             if value not in ("0", "1"):
                 raise GuideEngineError(f"variant {name}: {key}={value!r} is not 0 or 1")
@@ -61,18 +62,19 @@ def parse_variant(spec: str) -> tuple[str, dict]:
             out[key] = value if isinstance(default, str) else int(value) if isinstance(default, int) else float(value)
         except ValueError:
             raise GuideEngineError(f"variant {name}: {key}={value!r} is not a number") from None
-    if name == GUIDE and set(out) - {"iters"}:
-        raise GuideEngineError(f"variant {GUIDE} is GUIDE without the robust mode: only iters= applies")
+    if name == GUIDE and set(out) - {"iters", "identity"}:
+        raise GuideEngineError(f"variant {GUIDE} is GUIDE without the robust mode: only iters= and identity= apply")
     return name, out
 
 
 def settings(name: str, overrides: dict):
-    """A variant's (iterations, RobustConfig or None for GUIDE)."""
+    """A variant's (iterations, RobustConfig or None for GUIDE, training network)."""
+    from ..engine.models.zoo import DEFAULT_IDENTITY
     from ..guide.robust import RobustConfig
 
     kw = dict(overrides)
-    iters = kw.pop("iters", ITERS)
-    return iters, None if name == GUIDE else RobustConfig(**kw)
+    iters, identity = kw.pop("iters", ITERS), kw.pop("identity", DEFAULT_IDENTITY)
+    return iters, None if name == GUIDE else RobustConfig(**kw), identity
 
 
 def check_reusable(run: Path, name: str, overrides: dict) -> None:
@@ -81,10 +83,10 @@ def check_reusable(run: Path, name: str, overrides: dict) -> None:
 
     if not (run / rundir.MANIFEST).exists():
         return
-    iters, robust = settings(name, overrides)
+    iters, robust, identity = settings(name, overrides)
     made = json.loads((run / rundir.CONFIG).read_text())
     want, got = None if robust is None else dataclasses.asdict(robust), made.get("robust")
-    same = made.get("iters") == iters and (want is None) == (got is None) and \
+    same = made.get("iters") == iters and made.get("identity") == identity and (want is None) == (got is None) and \
         (want is None or all(got.get(k) == v for k, v in want.items() if not (k == "margin" and v is None)))
     if not same:
         raise GuideEngineError(f"{run} was made with other settings than variant {name} asks for now; "
@@ -92,7 +94,7 @@ def check_reusable(run: Path, name: str, overrides: dict) -> None:
 
 
 def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts: int, steps: int,
-          attackers: tuple[str, ...], n_preserve: int) -> dict:
+          attackers: str, n_preserve: int) -> dict:
     """One (variant, seed): unlearn (unless OUT/runs holds it already), then verify. One thread per process."""
     import torch
 
@@ -106,8 +108,9 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
 
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not (run / rundir.MANIFEST).exists():
-        iters, robust = settings(name, overrides)
-        unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust), progress=False)
+        iters, robust, identity = settings(name, overrides)
+        unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust,
+                                                             identity=identity), progress=False)
     rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps), n_preserve=n_preserve, device=device,
                      attackers=attackers)
     manifest = json.loads((run / rundir.MANIFEST).read_text())
@@ -117,6 +120,7 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     per = {kind: {f"{key}_{fig}": k[f"{key}_{src}"] for key in ("judge", "train")
                   for fig, src in (("best", "best"), ("under", "starts_closer_than_p1"),
                                    ("best_pretrained_there", "best_pretrained_there"))}
+           | {"outside": k.get("outside_network"), "agreed": k.get("agreed_starts")}
            for kind, k in a["attackers"].items()}
     return {"variant": name, "seed": seed, "overrides": overrides, "attack": exam_tag(starts, steps, attackers),
             "judge_at_wu": i["judge_id_dist"], "forgotten": i["forgotten"],
@@ -129,8 +133,8 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
             "verify_s": rep["timings_s"]["total"], "attack_in_loop": statistics.median(in_loop) if in_loop else None}
 
 
-def exam_tag(starts: int, steps: int, attackers: tuple[str, ...]) -> str:
-    return f"{starts}x{steps} {'+'.join(attackers)}"
+def exam_tag(starts: int, steps: int, attackers: str) -> str:
+    return f"{starts}x{steps} {attackers}"
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -147,6 +151,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                and r["seed"] in guide and r["pixel_l1"] <= 1.5 * guide[r["seed"]]["pixel_l1"] for r in rs]
         attackers = {kind: {"judge_best_median": statistics.median(r["attackers"][kind]["judge_best"] for r in rs),
                             "judge_under": sum(r["attackers"][kind]["judge_under"] for r in rs),
+                            "agreed": sum(r["attackers"][kind].get("agreed") or 0 for r in rs),
+                            "outside": rs[0]["attackers"][kind].get("outside"),
                             "train_best_median": statistics.median(r["attackers"][kind]["train_best"] for r in rs)}
                      for kind in rs[0]["attackers"]}
         out.append({"variant": name, "n": len(rs), "forgotten": sum(r["forgotten"] for r in rs),
@@ -173,15 +179,16 @@ def table(summary: list[dict], starts: int) -> str:
     """A row per variant: how many of its seeds meet each part of the bar, and the attacks' figures."""
     kinds = list(summary[0]["attackers"]) if summary else []
     lines = _head(["variant", "seeds", "forgotten at w_u", "robust (judge)", "kept >= 95%",
-                   *(f"{k} attacker: judge best (median), starts under the line" for k in kinds),
+                   *(f"{k} attacker: judge best (median), starts under the line (the outside network agrees)"
+                     for k in kinds),
                    "training net, white-box: " + " / ".join(kinds) + " best (median)",
                    "the pool's best in the loop (median)", "kept, min", "pixel L1 (mean)", "L1 / GUIDE's, max",
                    "wall / GUIDE's (median)", "verify s (median)", "all but time"])
     for s in summary:
         a = s["attackers"]
         lines.append(f"| {s['variant']} | {s['n']} | {s['forgotten']} | {s['robust']} | {s['kept_ok']} | "
-                     + " | ".join(f"{a[k]['judge_best_median']:.3f}, {a[k]['judge_under']} of {s['n'] * starts}"
-                                  for k in kinds)
+                     + " | ".join(f"{a[k]['judge_best_median']:.3f}, {a[k]['judge_under']} of {s['n'] * starts} "
+                                  f"({a[k]['outside'] or '-'}: {a[k]['agreed']})" for k in kinds)
                      + " | " + " / ".join(f"{a[k]['train_best_median']:.3f}" for k in kinds)
                      + f" | {_n(s['in_loop_median'], '.3f')} | {s['kept_min']:.1%} | {s['pixel_l1_mean']:.4f} | "
                      f"{_n(s['l1_vs_guide_max'], '.2f')} | {_n(s['wall_vs_guide_median'], '.2f')} | "
@@ -193,13 +200,14 @@ def seed_table(rows: list[dict]) -> str:
     """A row per (seed, variant), the variants side by side on each seed (the issue's table)."""
     kinds = list(rows[0]["attackers"]) if rows else []
     lines = _head(["seed", "variant", "judge at w_u",
-                   *(f"{k} attacker: judge best (starts under the line)" for k in kinds),
+                   *(f"{k} attacker: judge best (starts under the line; the outside network agrees)" for k in kinds),
                    "training net, white-box: " + " / ".join(kinds) + " best (under its line)",
                    "kept: both (training net / judge)", "pixel L1", "unlearn s", "verify s"])
     for r in sorted(rows, key=lambda r: r["seed"]):
         a = r["attackers"]
         lines.append(f"| {r['seed']} | {r['variant']} | {r['judge_at_wu']:.3f}{'' if r['forgotten'] else ' (no)'} | "
-                     + " | ".join(f"{a[k]['judge_best']:.3f} ({a[k]['judge_under']})" for k in kinds)
+                     + " | ".join(f"{a[k]['judge_best']:.3f} ({a[k]['judge_under']}; {a[k].get('agreed', '-')})"
+                                  for k in kinds)
                      + " | " + " / ".join(f"{a[k]['train_best']:.3f} ({a[k]['train_under']})" for k in kinds)
                      + f" | {r['kept']:.1%} ({r['kept_train']:.1%} / {r['kept_judge']:.1%}) | {r['pixel_l1']:.4f} | "
                      f"{r['unlearn_s']:.0f} | {r['verify_s']:.0f} |")
@@ -215,13 +223,14 @@ def seed_table(rows: list[dict]) -> str:
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(min=1),
               help="Processes at a time (one thread each).")
 @click.option("--attack", default="32x300", show_default=True, help="The exam: STARTSxSTEPS per attacker.")
-@click.option("--attackers", default="identity,pixel", show_default=True,
-              help="Which re-inversion attackers grade (guide/attack.py); robust is asked of both.")
+@click.option("--attackers", default="all", show_default=True,
+              help="Which re-inversion attackers grade (guide/attack.py: verify --attackers); robust is asked of all.")
 @click.option("--n-preserve", default=256, show_default=True, type=click.IntRange(min=2))
 @click.option("--out", default="results/robust", show_default=True, type=click.Path(file_okay=False))
 def main(seeds, variants, no_guide, device, jobs, attack, attackers, n_preserve, out):
     from ..engine.errors import GuideEngineError
     from ..engine.images import parse_seeds
+    from ..engine.models.zoo import DEFAULT_IDENTITY
     from ..engine.runtime import default_device
     from ..guide.attack import parse_attackers
 
@@ -234,7 +243,8 @@ def main(seeds, variants, no_guide, device, jobs, attack, attackers, n_preserve,
             grid.setdefault(GUIDE, {})  # `--variant guide:iters=N` sets its iterations
         grid = list(grid.items())
         seed_list = parse_seeds(seeds)
-        kinds = parse_attackers(attackers)
+        parse_attackers(attackers, DEFAULT_IDENTITY)  # checked here; each run's own network is known in `trial`
+        kinds = attackers
         starts, _, steps = attack.partition("x")
         starts, steps = int(starts), int(steps)
         if starts < 1 or steps < 1:

@@ -233,9 +233,11 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 @click.option("--attack-steps", type=int, default=None, help="Re-inversion attacks: Adam steps [300].")
 @click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
               help="Networks' passes during the attack [docs/performance.md].")
-@click.option("--attackers", default="identity,pixel", show_default=True,
-              help="identity: inverts with pixel MSE + perceptual + the training network's identity distance; pixel: "
-                   "without the identity term. The level robust needs both.")
+@click.option("--attackers", default="all", show_default=True,
+              help="Re-inversion attackers, joined by commas: an identity network's name (dlib-resnet-v1, arcface-mbf, "
+                   "edgeface-s; train: the run's own) inverts with pixel MSE + perceptual + that network's identity "
+                   "distance; pixel: without an identity term. all: each network and pixel (the level robust needs "
+                   "all).")
 @click.option("--no-reinversion", is_flag=True,
               help="Skip the re-inversion attack (level robust is then not measured).")
 @click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
@@ -252,7 +254,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     only if the required level holds for all of them."""
     import json
 
-    from ..guide.attack import AttackConfig, parse_attackers
+    from ..guide.attack import AttackConfig
     from ..guide.config import DEFAULT_PRECISION
     from ..guide.report import summary_table
     from ..guide.verify import verify_run
@@ -263,8 +265,9 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
                         judge=judge, require=require, images=images,
                         attack=AttackConfig(**{k: v for k, v in (("starts", attack_starts), ("steps", attack_steps))
                                                if v is not None}, precision=attack_precision or DEFAULT_PRECISION),
-                        progress=not as_json, device=default_device(device),
-                        attackers=parse_attackers(attackers))
+                        progress=not as_json, device=default_device(device), attackers=attackers)
+    for line in report.get("licences", []):
+        click.echo(line, err=True)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
     if not report["passed"]:
         why = {"not drawn": " the generator did not draw this person before unlearning (outcome: not drawn), so no "

@@ -1,9 +1,11 @@
 """The re-inversion attacker: what someone holding the photo and the unlearned generator does to get the
 person back. It inverts the photo into the generator it is given, from several starts drawn from the
 prior, with the engine's own inversion loss (pixel MSE + perceptual + identity distance to the photo,
-`guide/invert.py`) under the *training* identity network: the judge never enters an attacker. A second
-attacker (`loss="pixel"`) leaves the identity term out: it matches pixels and features only, so it does
-not chase the descriptor the unlearning loss pushed against.
+`guide/invert.py`) under one identity network: `verify` runs one such attacker per identity network of the zoo
+(dlib, ArcFace MobileFaceNet, EdgeFace-S) and the run's own training network, never only the network the run
+trained against; the judge never enters an attacker. The pixel attacker (`loss="pixel"`) leaves the identity
+term out: it matches pixels and the training network's features only, so it does not chase the descriptor the
+unlearning loss pushed against.
 
 `verify` runs it on the unlearned generator and, as the reference, on the pretrained one; the robust
 mode (`guide/robust.py`) runs the same inversion inside the training loop.
@@ -16,22 +18,53 @@ import torch
 
 from .invert import descend
 
-ATTACKERS = ("identity", "pixel")  # every verify runs both (docs/verification.md)
+PIXEL = "pixel"  # the attacker with no identity term: pixel MSE + the training network's features
+TRAIN = "train"  # in --attackers: the run's own training network (also "identity", its older name)
+# The identity networks by how well they agree with the judge about strangers on the default generator (Spearman
+# rank correlation of distances, stranger pairs: docs/verification.md); the strongest network outside an
+# attacker's loss is the first of these it did not descend through.
+BY_AGREEMENT = ("arcface-mbf", "edgeface-s", "dlib-resnet-v1")
 ATTACK_BATCH = 64  # rows (identities x starts) descended together; more go in further batches
 
 
-def check_attackers(attackers: tuple[str, ...]) -> tuple[str, ...]:
-    """One or both of ATTACKERS, each once (a GuideEngineError otherwise) => attackers."""
-    if not attackers or set(attackers) - set(ATTACKERS) or len(set(attackers)) != len(attackers):
-        from ..engine.errors import GuideEngineError
+def members(name: str) -> tuple[str, ...]:
+    """An identity network's name => the zoo networks in it ('dlib-resnet-v1+arcface-mbf' => both)."""
+    from ..engine.models.ensemble import SEPARATOR
 
-        raise GuideEngineError(f"--attackers {','.join(attackers)}: one or both of {','.join(ATTACKERS)}")
-    return attackers
+    return tuple(name.split(SEPARATOR)) if not name.startswith("arcface-ir-se50:") else (name,)
 
 
-def parse_attackers(text: str) -> tuple[str, ...]:
-    """'identity, pixel' => ('identity', 'pixel'), checked by check_attackers."""
-    return check_attackers(tuple(a.strip() for a in text.split(",") if a.strip()))
+def all_attackers(train_name: str) -> tuple[str, ...]:
+    """What verify attacks with by default, and what the level `robust` needs: one identity attacker per identity
+    network of the zoo, the run's training network when it is not one of them (a path, an ensemble), and the
+    pixel attacker."""
+    from ..engine.models import zoo
+
+    nets = list(zoo.identity_names())
+    return (*nets, *([train_name] if train_name not in nets else []), PIXEL)
+
+
+def parse_attackers(text: str, train_name: str) -> tuple[str, ...]:
+    """'all', or names joined by commas (identity networks, `train` or `identity` for the run's own, `pixel`) =>
+    the attackers, each once, in all_attackers' order; anything else is a one-line GuideEngineError."""
+    from ..engine.errors import GuideEngineError
+
+    known = all_attackers(train_name)
+    given = [a.strip() for a in text.split(",") if a.strip()]
+    if given == ["all"]:
+        return known
+    names = [train_name if a in (TRAIN, "identity") else a for a in given]
+    if not names or set(names) - set(known) or len(set(names)) != len(names):
+        raise GuideEngineError(f"--attackers {text}: 'all', or some of {', '.join(known)} (train: the run's own "
+                               f"network), each once")
+    return tuple(a for a in known if a in names)
+
+
+def outside_network(attacker: str, train_name: str) -> str | None:
+    """The strongest zoo network that the attacker's loss never saw (the pixel attacker sees the training
+    network's features), by BY_AGREEMENT; None when it saw them all."""
+    seen = set(members(train_name if attacker == PIXEL else attacker))
+    return next((n for n in BY_AGREEMENT if n not in seen), None)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class UnlearnConfig:
     # -- the models --------------------------------------------------------------------------------
     generator: str = flag(DEFAULT_GENERATOR, "A model name, nvlabs:PATH.pkl, or a run directory to continue from "
                           "(its weights and ledger); resolved to the run's base generator.")
-    identity: str = flag(DEFAULT_IDENTITY, "The training identity network; or arcface-ir-se50:PATH.pth.")
+    identity: str = flag(DEFAULT_IDENTITY, "The training identity network: dlib-resnet-v1, arcface-mbf, edgeface-s, "
+                         "arcface-ir-se50:PATH.pth, or several joined by + (an ensemble, each in its own units).")
     lpips_vgg: str | None = flag(None, "torchvision VGG16 weights: use LPIPS-VGG as the perceptual loss (needs the "
                                  "lpips package).")
     # -- the loop ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from . import distributed, ledger
 from .config import UnlearnConfig, resolve
 from .identities import Source, ledger_entries, note
 from .losses import feature_perceptual_name
+from .networks import identity_network
 from .target import NEIGHBOR_RADIUS_REL, latents_around, typical_radius
 from .unlearn import pretrained_photos, run_unlearning
 
@@ -103,7 +104,9 @@ def _unlearn(out: Path, work: Path, sources: tuple[Source, ...], cfg: UnlearnCon
     base_sha = state_sha256(G_s)
     if old is not None:
         ledger.check_base(old, base_name, base_sha, continued)
-    id_net = zoo.load_identity(cfg.identity, device=device)
+    id_net = identity_network(cfg.identity, G_s, base_sha, device)
+    for line in zoo.licence_notes([base_name, cfg.identity]):
+        note(line, True)
     perceptual, perceptual_name = None, feature_perceptual_name(id_net)
     if cfg.lpips_vgg is not None:
         from ..engine.models.lpips_vgg import LPIPSVGG

@@ -29,7 +29,7 @@ W_MSE, W_P, W_ID = 0.01, 1.0, 0.1
 
 def feature_perceptual_name(identity_net) -> str:
     """How config.json names the default perceptual distance, e.g. "dlib-lpips (...)"."""
-    return f"{identity_net.feature_name}-lpips (LPIPS-style distance on {identity_net.feature_name} ResNet features)"
+    return f"{identity_net.feature_name}-lpips (LPIPS-style distance on {identity_net.feature_name} features)"
 
 
 def feature_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:

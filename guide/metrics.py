@@ -8,10 +8,11 @@ network's own distance. Per network:
   kept               a random latent's pretrained-vs-unlearned distance < the strangers' 5th percentile
   robust             every re-inversion attack's best face is still >= the strangers' 1st percentile from the photo
 The verdict (see `verdict`): *forgotten* = forgotten at w_u by the judge, and at least 95% of random faces
-kept by both networks; *robust* = forgotten, and under the judge no face of either attacker (with the training
-network in its loss, or pixels and features only) comes within the line. The training network's figures for
-the attacks are the attacker's own objective (white-box: an optimiser drives any network it descends through)
-and are reported beside, not part of the level.
+kept by both networks; *robust* = forgotten, and under the judge no face of any attacker (one per identity
+network of the zoo and the training network, each with that network in its loss, and one with pixels and
+features only) comes within the line. Each attacker's own network's figures are its objective (white-box: an
+optimiser drives any network it descends through) and are reported beside, with the strongest network outside
+its loss, not part of the level.
 A fixed threshold does not transfer: with dlib on the DigiFace DCGAN most stranger pairs fall under
 dlib's 0.6, which is reported beside for reference only. Cosines are reported raw and centred (the mean
 embedding of base samples subtracted).
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.runtime import in_batches, synthesis_batch
-from .attack import ATTACKERS, reinvert_all
+from .attack import reinvert_all
 from .calibration import descriptors, strangers, strangers_closer_than
 from .target import NEIGHBOR_RADIUS_REL, latents_around
 
@@ -146,14 +147,17 @@ def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: i
 
 def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
     """The two levels over all identities: forgotten (each at w_u, by the judge; others kept) and robust
-    (also no attacker's face comes within the judge's p1; None when the attack was not run). An identity whose photo the
+    (also no attacker's face comes within the judge's p1; None unless every attacker the level needs ran:
+    `required_attackers`, guide/attack.py: all_attackers). An identity whose photo the
     pretrained generator never drew (`drawn` False: verify.drawn_figures), or whose w_u is not them (`found` False),
     is forgotten by no one: no level holds."""
     forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False and r.get("found") is not False for r in rows)
                      and preservation["same_person_frac"] >= MIN_KEPT)
-    both = attacked and all(set(r["attack"].get("attackers", {})) >= set(ATTACKERS) for r in rows)
+    every = attacked and all(r["attack"].get("required_attackers")
+                             and set(r["attack"].get("attackers", {})) >= set(r["attack"]["required_attackers"])
+                             for r in rows)
     return {"forgotten": forgotten,  # robust is measured only when every attacker ran
-            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if both else None}
+            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if every else None}
 
 
 def thresholds(train: Judged, judge: Judged) -> dict:
@@ -185,57 +189,86 @@ def worst(rows: list[dict], judge: Judged, train: Judged) -> int:
     return min(range(len(rows)), key=lambda i: margin(rows[i]))
 
 
+def _per_network(j: Judged, faces: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(starts, 3, H, W) faces, the photo's descriptor => (starts,) each face's distance to the photo under j."""
+    return j.dist(j.desc(faces), ref)
+
+
 @torch.no_grad()
-def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Tensor], cfg,
+def attack_figures(G_s, G_u, train: Judged, judge: Judged, nets: dict, photos: list[torch.Tensor], cfg,
                    attackers: tuple[str, ...], targets: list[str], progress: bool = False,
                    w_u: torch.Tensor | None = None, radius: float | None = None) -> list[dict]:
-    """Every identity's photo attacked by each re-inversion attacker (guide/attack.py: `identity` descends with
-    the training network in its loss, `pixel` without an identity term; neither sees the judge), all identities'
-    starts in batches; the identity attacker also runs on the pretrained generator, the reference. Per attacker
-    and network: the best face's distance to the photo, and the attack's success, the fraction of starts that
-    end closer than the strangers' p1 (`{key}_starts_closer_than_p1` counts them). Where the best face lies:
-    `{key}_best_pretrained_there`, what the pretrained generator draws at that latent (about as close: a place
-    where it already drew the person, left as it was), and `{key}_best_from_w_u`, that latent's distance from
-    w_u in radii. An identity is robust when, under the judge, no attacker's face comes within its p1; the
-    training network's figures are the attackers' own objective (white-box), reported beside.
-    => per identity {"figures": the report's `attack` section, "legacy": the old reinversion_* keys, "images"}."""
+    """Every identity's photo attacked by each re-inversion attacker (guide/attack.py): one identity attacker per
+    network named in `attackers` (`nets`: name => Judged, every zoo network and the training network, calibrated),
+    and `pixel` (no identity term, the training network's features); none sees the judge. All identities' starts
+    go in batches. The training network's identity attacker also runs on the pretrained generator, the reference.
+    Per attacker, under the training network and the judge (`train_*`, `judge_*`): the best face's distance to the
+    photo and the attack's success, the fraction of starts that end closer than the strangers' p1
+    (`*_starts_closer_than_p1` counts them); where the best face lies (`*_best_pretrained_there`: what the
+    pretrained generator draws at that latent; `*_best_from_w_u`: that latent's distance from w_u in radii). And
+    `own_*`: the attacker's own network (white-box: its objective); `outside_*`: the strongest zoo network its loss
+    never saw (guide/attack.py: outside_network), with `agreed_starts`, the starts that both the judge and that
+    network put within their p1. An identity is robust when, under the judge, no attacker's face comes within
+    its p1. => per identity {"figures": the report's `attack` section, "images": the photo and best faces}."""
+    from .attack import PIXEL, all_attackers, outside_network
+
     x_photo = torch.cat(photos)
     ends, faces = {}, {}
     for kind in attackers:
-        kcfg = dataclasses.replace(cfg, loss=kind)
+        net, loss = (train.net, "pixel") if kind == PIXEL else (nets[kind].net, "identity")
         with torch.enable_grad():
-            ends[kind] = reinvert_all(G_u, train.net, x_photo, kcfg, progress, f"{kind} attack, unlearned")
+            ends[kind] = reinvert_all(G_u, net, x_photo, dataclasses.replace(cfg, loss=loss), progress,
+                                      f"{kind} attack, unlearned")
         faces[kind] = _render(G_u, ends[kind])
-    if "identity" in attackers:
+    if train.name in attackers:
         with torch.enable_grad():
             ends["pretrained"] = reinvert_all(G_s, train.net, x_photo, dataclasses.replace(cfg, loss="identity"),
-                                              progress, "identity attack, pretrained")
+                                              progress, f"{train.name} attack, pretrained")
         faces["pretrained"] = _render(G_s, ends["pretrained"])
+    required = all_attackers(train.name)
     out = []
     for i, photo in enumerate(photos):
         photo = photo.cpu()
-        per, best, ref, drawn_there = {}, {}, {}, {}  # drawn_there: G_s at a best latent, once per (attacker, start)
-        for key, j in (("train", train), ("judge", judge)):
-            ref[key] = j.desc(photo)
-            p1 = j.calib["strangers_dist_p1"]
-            for kind in attackers:
-                d = j.dist(j.desc(faces[kind][i]), ref[key])
+        refs = {name: j.desc(photo) for name, j in {**nets, train.name: train}.items()}
+        ref_judge = judge.desc(photo)
+        per, best, drawn_there = {}, {}, {}  # drawn_there: G_s at a best latent, once per (attacker, start)
+        for kind in attackers:
+            fig = per.setdefault(kind, {"network": train.name if kind == PIXEL else kind,
+                                        "loss": "pixel MSE + perceptual" if kind == PIXEL else "identity"})
+            for key, j, ref in (("train", train, refs[train.name]), ("judge", judge, ref_judge)):
+                p1 = j.calib["strangers_dist_p1"]
+                d = _per_network(j, faces[kind][i], ref)
                 at = int(d.argmin())
                 there = ends[kind][i, at:at + 1]
-                fig = per.setdefault(kind, {})
                 fig[f"{key}_best"] = d[at].item()
                 fig[f"{key}_success"] = (d < p1).float().mean().item()
                 fig[f"{key}_starts_closer_than_p1"] = int((d < p1).sum())
                 fig[f"{key}_strangers_closer_frac"] = strangers_closer_than(j.calib, d[at].item())
                 if (kind, at) not in drawn_there:  # the two networks often pick the same start
                     drawn_there[kind, at] = G_s.synthesize(there).cpu()
-                fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(drawn_there[kind, at]), ref[key]).item()
+                fig[f"{key}_best_pretrained_there"] = j.dist(j.desc(drawn_there[kind, at]), ref).item()
                 if w_u is not None and radius:
                     fig[f"{key}_best_from_w_u"] = ((there - w_u[i:i + 1]).norm() / radius).item()
                 best.setdefault(key, {})[kind] = at
-            if "pretrained" in faces:
-                d_s = j.dist(j.desc(faces["pretrained"][i]), ref[key])
-                per["identity"][f"{key}_pretrained"] = d_s.min().item()
+                if key == "judge":
+                    judged_person = d < p1
+            if kind != PIXEL:  # the attacker's own network: white-box, its objective
+                own = nets[kind]
+                d = _per_network(own, faces[kind][i], refs[kind])
+                fig.update(own_best=d.min().item(),
+                           own_starts_closer_than_p1=int((d < own.calib["strangers_dist_p1"]).sum()))
+            outside = outside_network(kind, train.name)
+            if outside is not None and outside in nets:
+                o = nets[outside]
+                d = _per_network(o, faces[kind][i], refs[outside])
+                under = d < o.calib["strangers_dist_p1"]
+                fig.update(outside_network=outside, outside_best=d.min().item(),
+                           outside_starts_closer_than_p1=int(under.sum()),
+                           agreed_starts=int((under & judged_person).sum()))
+        if "pretrained" in faces:
+            for key, j, ref in (("train", train, refs[train.name]), ("judge", judge, ref_judge)):
+                d_s = _per_network(j, faces["pretrained"][i], ref)
+                per[train.name][f"{key}_pretrained"] = d_s.min().item()
                 best[key]["pretrained"] = int(d_s.argmin())
         fig = {"attackers": per}
         for key, j in (("train", train), ("judge", judge)):  # over the attackers: the closest face, the most success
@@ -245,23 +278,18 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, photos: list[torch.Te
             fig[f"{key}_success"] = max(per[k][f"{key}_success"] for k in attackers)
             fig[f"{key}_starts_closer_than_p1"] = max(per[k][f"{key}_starts_closer_than_p1"] for k in attackers)
             fig[f"{key}_robust"] = fig[f"{key}_best"] >= j.calib["strangers_dist_p1"]
-            fig[f"{key}_pretrained"] = per.get("identity", {}).get(f"{key}_pretrained")
+            fig[f"{key}_pretrained"] = per.get(train.name, {}).get(f"{key}_pretrained")
         fig.update({"robust": bool(fig["judge_robust"]), "starts": cfg.starts, "steps": cfg.steps,
                     "precision": cfg.precision, "loss": "+".join(attackers), "target": targets[i],
-                    "network": train.name})
-        legacy = {"reinversion_starts": cfg.starts, "reinversion_steps": cfg.steps}
-        if "identity" in attackers:  # the old keys: the training network's raw cosine at its own best face
-            def cos(kind: str) -> float:
-                at = best["train"][kind]
-                return F.cosine_similarity(train.desc(faces[kind][i][at:at + 1]), ref["train"]).item()
-
-            legacy.update(reinversion_id_sim=cos("identity"), reinversion_id_sim_pretrained=cos("pretrained"))
+                    "network": train.name, "required_attackers": list(required),
+                    "judge_starts_total": sum(per[k]["judge_starts_closer_than_p1"] for k in attackers)})
         ju = best["judge"][fig["judge_attacker"]]
-        images = {"photo": photo, "unlearned": faces[fig["judge_attacker"]][i][ju:ju + 1]}
+        images = {"photo": photo, "unlearned": faces[fig["judge_attacker"]][i][ju:ju + 1],
+                  "attackers": {k: faces[k][i][best["judge"][k]:best["judge"][k] + 1] for k in attackers}}
         if "pretrained" in faces:
             js = best["judge"]["pretrained"]
             images["pretrained"] = faces["pretrained"][i][js:js + 1]
-        out.append({"figures": fig, "legacy": legacy, "images": images})
+        out.append({"figures": fig, "images": images})
     return out
 
 

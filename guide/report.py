@@ -60,6 +60,10 @@ def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, 
         if "pretrained" in attack_images:
             top.append(attack_images["pretrained"])
             titles.append(f"attack, pretrained\njudge {a['judge_pretrained']:.2f} {short} {a['train_pretrained']:.2f}")
+        for kind, face in attack_images.get("attackers", {}).items():  # each attacker's best face, for a person to see
+            k_ = a["attackers"][kind]
+            top.append(face)
+            titles.append(f"{kind[:14]}\njudge {k_['judge_best']:.2f} ({k_['judge_starts_closer_than_p1']} in)")
     n_near = min(4, len(worst["xn_pre"]))
     pre = torch.cat([*(p["x_pre"] for p in pictures[:8]), worst["xn_pre"][:n_near], random_faces["pre"]])
     un = torch.cat([*(p["x_un"] for p in pictures[:8]), worst["xn_un"][:n_near], random_faces["un"]])
@@ -136,7 +140,7 @@ def verdict_lines(report: dict) -> list[str]:
               f"{a['train_starts_closer_than_p1']} of {a['starts']} starts under its p1 {t['strangers']['p1']:.3f}"
         if report["levels"]["robust"] is None:
             lines.append(f"robust to re-inversion: not measured (attackers run: {a['loss']}; the level needs "
-                         f"identity+pixel)")
+                         f"{'+'.join(a.get('required_attackers') or ['every attacker'])})")
         elif a["robust"]:
             lines.append(f"robust to re-inversion: {yes(report['levels']['robust'])}, no attacker's face comes within "
                          f"the judge's same-person line {j['strangers']['p1']:.3f}: the closest is "
@@ -150,7 +154,21 @@ def verdict_lines(report: dict) -> list[str]:
                          f"strangers are; {own}")
     else:
         lines.append("robust to re-inversion: not measured (--no-reinversion)")
+    lines += face_warnings(report)
     return lines
+
+
+def face_warnings(report: dict) -> list[str]:
+    """A warning line for each identity whose unlearned image at w_u is not a face the generator draws well
+    (guide/faceness.py): forgetting by a smear, not by someone else."""
+    out = []
+    for k, r in enumerate(report["identities"]):
+        f = r.get("unlearned_face")
+        if f and not f["is_face"]:
+            who = "the person" if report.get("n_identities", 1) == 1 else f"#{k} ({r.get('key')})"
+            out.append(f"warning: at {who}'s w_u the unlearned generator draws no face the generator draws well "
+                       f"({f['what']}): the person became a smear, not someone else")
+    return out
 
 
 def yes_no(b) -> str:
@@ -183,6 +201,9 @@ def summary_rows(report: dict) -> list[tuple]:
         for kind, k in a.get("attackers", {}).items():
             rows += [(f"  {kind} attacker: best", k["train_best"], k["judge_best"]),
                      (f"  {kind} attacker: success (starts under p1)", k["train_success"], k["judge_success"])]
+            if k.get("outside_network"):
+                rows.append((f"    {k['outside_network']} (outside its loss) agrees: starts", None,
+                             f"{k['agreed_starts']} of {k['judge_starts_closer_than_p1']}"))
         rows += [("  pretrained generator at the best face's latent", a.get("train_best_pretrained_there"),
                   a.get("judge_best_pretrained_there")),
                  ("  that latent's distance from w_u (radii)", a.get("train_best_from_w_u"),

@@ -26,7 +26,9 @@ from ..engine.files import state_sha256
 from ..engine.models import zoo
 from ..engine.rng import seeded_rng
 from . import calibration, ledger, metrics
-from .attack import ATTACKERS, AttackConfig, check_attackers
+from .attack import AttackConfig, all_attackers, parse_attackers
+from .faceness import look_range
+from .networks import identity_network
 from .report import outcome, save_report_picture, write_html
 from .target import typical_radius
 
@@ -97,10 +99,11 @@ def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tenso
 def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
                reinversion: bool = True, judge: str = zoo.DEFAULT_JUDGE, require: str = "forgotten",
                images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False,
-               device: str = "cpu", attackers: tuple[str, ...] = ATTACKERS) -> dict:
+               device: str = "cpu", attackers: str | tuple[str, ...] = "all") -> dict:
     """device: where the generators, the training network and the attackers run (the SFace judge runs on
     ONNX Runtime's CPU provider whatever it is); an export's runner keeps its own. `attackers`: which of
-    guide/attack.py's attackers run (both by default; the level `robust` needs both)."""
+    guide/attack.py's attackers run ("all" by default: one per identity network and the pixel attacker; the level
+    `robust` needs all of them), as --attackers text or names."""
     t_start = time.perf_counter()
     run = Path(run)
     if n_preserve < 2:
@@ -111,9 +114,6 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         raise GuideEngineError("--require robust needs the re-inversion attack; drop --no-reinversion")
     if attack.starts < 1 or attack.steps < 1:
         raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
-    check_attackers(attackers)
-    if require == "robust" and set(attackers) != set(ATTACKERS):
-        raise GuideEngineError(f"--require robust needs both attackers ({','.join(ATTACKERS)})")
     if backend == "torch":
         G_u = rundir.load_generator(run, device)
         base_name, verified = G_u.name, G_u.verified
@@ -133,13 +133,24 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
                                f"run is gone; give --no-reinversion (level robust is then not measured)")
     book = ledger.read(run)
     folders = (run,) if backend == "torch" else (run, Path(runner.manifest["source"]))  # where aligned.png may be
-    G_s = zoo.load_generator(base_name, device=device)
     train_name = rundir.read_manifest(run).get("identity_network", zoo.DEFAULT_IDENTITY)
-    train_net, judge_net = zoo.load_identity(train_name, device=device), zoo.load_judge(judge, device=device)
+    attackers = parse_attackers(attackers if isinstance(attackers, str) else ",".join(attackers), train_name)
+    if require == "robust" and attackers != all_attackers(train_name):
+        raise GuideEngineError(f"--require robust needs every attacker ({','.join(all_attackers(train_name))}); "
+                               f"give --attackers all")
+    G_s = zoo.load_generator(base_name, device=device)
     base_sha = state_sha256(G_s)
     ledger.check_base(book, base_name, base_sha, run)
+    train_net, judge_net = identity_network(train_name, G_s, base_sha, device), zoo.load_judge(judge, device=device)
     train = metrics.Judged(train_net, calibration.calibrate(G_s, train_net, base_sha))
     jdg = metrics.Judged(judge_net, calibration.calibrate(G_s, judge_net, base_sha))
+    nets = {train.name: train}  # the attackers' networks and the networks outside their losses, calibrated
+    if reinversion:
+        for name in zoo.identity_names():
+            if name not in nets:
+                net = identity_network(name, G_s, base_sha, device)
+                nets[name] = metrics.Judged(net, calibration.calibrate(G_s, net, base_sha))
+    looks = look_range(G_s, base_sha)
     # EG3D renders with random ray samples from the global RNG: seeded here, after everything is loaded and
     # calibrated, one artifact gets the same figures in every verify (the DCGAN draws nothing at random)
     with seeded_rng(VERIFY_SEED, device):
@@ -152,18 +163,22 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         r = typical_radius(G_s)
         rows, pictures, attack_images = [], [], []
         t_attack = time.perf_counter()
-        attacks = metrics.attack_figures(G_s, G_u, train, jdg, [p for p, _, _ in photos], attack, attackers,
+        attacks = metrics.attack_figures(G_s, G_u, train, jdg, nets, [p for p, _, _ in photos], attack, attackers,
                                          [how for _, how, _ in photos], progress, w_u, r) if reinversion else None
         t_attack = time.perf_counter() - t_attack
         for i, entry in enumerate(book["identities"]):
             row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
                                                  infer_view=G_u.synthesize if views else None)
             row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
+            seen = looks.check(pics["x_un"])  # is the unlearned image at w_u a face (someone else), not a smear?
+            row["unlearned_face"] = {"is_face": bool(seen["ok"][0]), "face_found": bool(seen["face"][0]),
+                                     "in_look_range": bool(seen["in_look"][0]),
+                                     "brightness": float(seen["brightness"][0]), "contrast": float(seen["contrast"][0]),
+                                     "what": looks.describe(seen)}
             photo, target, own_photo = photos[i]
             if reinversion:
                 found = attacks[i]
                 row["attack"] = found["figures"]
-                row.update(found["legacy"])
                 attack_images.append(found["images"])
             row.update(drawn_figures(jdg, photo, pics["x_pre"], entry.get("latent", {}).get("source"), target,
                                      own_photo, row.get("attack")))
@@ -175,6 +190,10 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         report = {"identity_network": train.name,
                   "calibration": {k_: v for k_, v in train.calib.items() if k_ not in ("mean_embedding", "quantiles")},
                   "training_network": metrics.network_info(train), "judge": metrics.network_info(jdg),
+                  "attack_networks": {name: metrics.network_info(j) for name, j in nets.items()},
+                  "look_range": {"brightness": list(looks.brightness), "contrast": list(looks.contrast),
+                                 "detected_frac": looks.detected_frac},
+                  "licences": zoo.licence_notes([base_name, train.name, *nets]),
                   "identity": {key: v for key, v in rows[k].items() if key != "attack"},
                   "identities": rows, "n_identities": len(rows), "worst_identity": k,
                   "preservation": preservation, "thresholds": metrics.thresholds(train, jdg),
@@ -189,7 +208,8 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         report["judged"] = {"backend": backend, "weights_sha256": verified["weights_sha256"],
                             "ledger_sha256": verified["ledger_sha256"], "base_sha256": base_sha,
                             "networks": {"train": {"name": train.name, "sha256": zoo.weights_sha256(train.name)},
-                                         "judge": {"name": jdg.name, "sha256": zoo.weights_sha256(jdg.name)}},
+                                         "judge": {"name": jdg.name, "sha256": zoo.weights_sha256(jdg.name)},
+                                         "attackers": {n: zoo.weights_sha256(n) for n in nets}},
                             "engine_version": __version__}
         targets = [ledger.latents(book, G_s.latent_shape, "w_t")] + \
             [ledger.latents(ledger.read(Path(c)), G_s.latent_shape, "w_t") for c in compare]

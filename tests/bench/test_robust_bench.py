@@ -15,6 +15,7 @@ def test_variants_parse_with_the_config_types():
         ("a", {"pool": 32, "margin_quantile": 0.2, "reseed": "farthest", "iters": 800})
     assert parse_variant("b:recolour=1,search_pixel=8") == ("b", {"recolour": True, "search_pixel": 8})
     assert parse_variant("base:") == ("base", {}) and parse_variant("guide:iters=10") == ("guide", {"iters": 10})
+    assert parse_variant("e:identity=dlib-resnet-v1+arcface-mbf") == ("e", {"identity": "dlib-resnet-v1+arcface-mbf"})
     for bad, why in (("a:pools=3", "RobustConfig's fields"), ("a:pool=x", "not a number"), (":pool=3", "NAME"),
                      ("a:recolour=yes", "not 0 or 1"),
                      ("guide:pool=3", "only iters")):
@@ -23,8 +24,9 @@ def test_variants_parse_with_the_config_types():
 
 
 def _row(variant, seed, under=0, **kw):
-    kinds = {k: {"judge_best": 0.6, "judge_under": under, "train_best": 0.4, "train_under": 3}
-             for k in ("identity", "pixel")}
+    kinds = {k: {"judge_best": 0.6, "judge_under": under, "train_best": 0.4, "train_under": 3,
+                 "outside": "arcface-mbf", "agreed": min(under, 1)}
+             for k in ("dlib-resnet-v1", "pixel")}
     row = {"variant": variant, "seed": seed, "judge_at_wu": 0.9, "forgotten": True, "attackers": kinds, "robust": True,
            "kept": 0.97, "kept_ok": True, "pixel_l1": 0.04, "unlearn_s": 30.0, "verify_s": 5.0}
     return {**row, **kw}
@@ -41,10 +43,12 @@ def test_summary_applies_every_part_of_the_bar():
     assert s["guide"]["robust"] == 1 and s["guide"]["bar_but_time"] == 1
     # the training network's figures are white-box: 3 starts under its line on every seed, robust all the same
     assert s["v"]["robust"] == 2 and s["v"]["attackers"]["pixel"] == \
-        {"judge_best_median": 0.6, "judge_under": 0, "train_best_median": 0.4}
-    assert s["guide"]["attackers"]["identity"]["judge_under"] == 30 and s["w"]["attackers"]["pixel"]["judge_under"] == 2
+        {"judge_best_median": 0.6, "judge_under": 0, "agreed": 0, "outside": "arcface-mbf", "train_best_median": 0.4}
+    assert s["guide"]["attackers"]["dlib-resnet-v1"]["judge_under"] == 30
+    assert s["w"]["attackers"]["pixel"]["judge_under"] == 2 and s["w"]["attackers"]["pixel"]["agreed"] == 1
     text = table(summarise(rows), 32)
-    assert "| w | 3 | 3 | 2 | 2 | 0.600, 2 of 96 | 0.600, 2 of 96 | 0.400 / 0.400 |" in text
+    assert "| w | 3 | 3 | 2 | 2 | 0.600, 2 of 96 (arcface-mbf: 1) | 0.600, 2 of 96 (arcface-mbf: 1) | 0.400 / 0.400 |" \
+        in text
     assert len({line.count("|") for line in text.splitlines()}) == 1  # header, rule and rows: the same columns
 
 
@@ -55,12 +59,12 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     r = CliRunner().invoke(main, args + ["--attack", "2x3"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == \
-        {"2x3 identity+pixel"}
+    assert sorted(x["variant"] for x in rows) == ["guide", "tiny"] and {x["attack"] for x in rows} == {"2x3 all"}
     loop = {x["variant"]: x["attack_in_loop"] for x in rows}
     assert loop["guide"] is None and 0 < loop["tiny"] < 2  # the pool's best distance, from the run's history
-    for x in rows:  # both attackers graded by both networks; 2 iterations barely move the generator, so the
-        assert set(x["attackers"]) == {"identity", "pixel"}  # pretrained one draws about the same at the best latent
+    for x in rows:  # every attacker graded by both networks; 2 iterations barely move the generator, so the
+        # pretrained one draws about the same at the best latent
+        assert list(x["attackers"]) == ["dlib-resnet-v1", "arcface-mbf", "edgeface-s", "pixel"]
         for a in x["attackers"].values():
             assert 0 <= a["judge_under"] <= 2 and 0 <= a["train_under"] <= 2
             assert abs(a["train_best_pretrained_there"] - a["train_best"]) < 0.05
@@ -77,12 +81,12 @@ def test_tiny_sweep_runs_and_regrades(tmp_path):
     r = CliRunner().invoke(main, args + ["--attack", "2x4", "--attackers", "pixel", "--no-guide"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [x["attack"] for x in rows if x["variant"] == "tiny"] == ["2x3 identity+pixel", "2x4 pixel"]
+    assert [x["attack"] for x in rows if x["variant"] == "tiny"] == ["2x3 all", "2x4 pixel"]
     assert len(rows) == 3 and set(rows[-1]["attackers"]) == {"pixel"}
     assert "| tiny | 1 |" in r.output and "| guide |" not in r.output
     assert (out / "runs" / "tiny_s900" / "manifest.json").stat().st_mtime_ns == weights  # re-graded, not re-run
     r = CliRunner().invoke(main, args + ["--attackers", "pixel,pixels"])
-    assert r.exit_code == 2 and "one or both of identity,pixel" in r.output
+    assert r.exit_code == 2 and "--attackers pixel,pixels: 'all', or some of" in r.output
     r = CliRunner().invoke(main, args + ["--variant", "bad:pool=x"])
     assert r.exit_code == 2 and "not a number" in r.output
     changed = [a.replace("pool=2", "pool=3") for a in args]

@@ -28,7 +28,8 @@ def _mark_verified(run_dir, passed=True, required="forgotten"):
     robust = passed and required == "robust"
     report = {"passed": passed, "required": required, "levels": {"forgotten": forgotten, "robust": robust},
               "identities": [{"forgotten": forgotten,
-                              "attack": {"robust": robust, "attackers": {"identity": {}, "pixel": {}}}}],
+                              "attack": {"robust": robust, "attackers": {"dlib-resnet-v1": {}, "pixel": {}},
+                                         "required_attackers": ["dlib-resnet-v1", "pixel"]}}],
               "preservation": {"same_person_frac": 1.0}, "judge": {"name": "sface-2021dec"},
               "judged": verify_files(run_dir)}
     (run_dir / "report.json").write_text(json.dumps(report))

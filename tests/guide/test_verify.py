@@ -149,12 +149,18 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
     # robust is the judge's word over both attackers; the training network's figures are the attackers' own
     assert a["robust"] == (a["judge_best"] >= report["judge"]["strangers"]["p1"])
     per = a["attackers"]
-    assert set(per) == {"identity", "pixel"} and a["loss"] == "identity+pixel"
+    every = ["dlib-resnet-v1", "arcface-mbf", "edgeface-s", "pixel"]  # one per identity network, and pixel
+    assert list(per) == every == a["required_attackers"] and a["loss"] == "+".join(every)
+    assert per["arcface-mbf"]["outside_network"] == "edgeface-s" and per["pixel"]["outside_network"] == "arcface-mbf"
+    for k in per.values():  # what the strongest network outside each loss agrees with is counted, never more
+        assert 0 <= k["agreed_starts"] <= min(k["judge_starts_closer_than_p1"], k["outside_starts_closer_than_p1"])
+    assert "own_best" in per["edgeface-s"] and "own_best" not in per["pixel"]
+    assert set(report["attack_networks"]) == set(every[:3]) and report["licences"][0].startswith("note: arcface-mbf")
     for key in ("train", "judge"):
         assert a[f"{key}_best"] == min(k[f"{key}_best"] for k in per.values())
         assert a[f"{key}_success"] == max(k[f"{key}_success"] for k in per.values())
         assert all(k[f"{key}_success"] * 2 == k[f"{key}_starts_closer_than_p1"] for k in per.values())
-    assert "train_pretrained" in per["identity"] and "train_pretrained" not in per["pixel"]
+    assert "train_pretrained" in per["dlib-resnet-v1"] and "train_pretrained" not in per["pixel"]
     assert report["timings_s"]["per_identity"] > 0 and report["timings_s"]["attacks"] > 0
     for key in ("train", "judge"):  # 2 iterations barely move the generator: the pretrained one draws about the
         # same face at the attack's best latent, which lies away from w_u (the starts are prior draws, 3 steps on)
@@ -162,7 +168,8 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
         closer = a[f"{key}_starts_closer_than_p1"]
         assert 0 <= closer <= 2 and (closer == 0) == a[f"{key}_robust"]
     assert report["levels"] == {"forgotten": False, "robust": False} and report["required"] == "forgotten"
-    assert "reinversion_id_sim" in i  # the old keys stay
+    assert not any(key.startswith("reinversion_") for key in i)  # the 0.1 keys are gone
+    assert i["unlearned_face"]["is_face"] and i["unlearned_face"]["what"] == "a face"  # 2 iterations: still a face
     from PIL import Image
 
     assert Image.open(tiny_run / "report.png").size[1] > 2 * 2 * 64  # the attack row and the verdict above the grid
@@ -178,19 +185,49 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
     assert "attack success 100% (2 of 2 starts get there)" in "\n".join(verdict_lines(caught))
 
 
-def test_robust_is_the_judges_word_over_both_attackers():
+def test_robust_is_the_judges_word_over_every_attacker():
     """White-box figures (the training network, which the identity attacker descends through) never decide the
-    level; a verify that ran one attacker measures no robust level at all."""
+    level; a verify that left out an attacker the level needs measures no robust level at all."""
     from guide_engine.guide.metrics import verdict
 
     kept = {"same_person_frac": 1.0}
-    both = {"identity": {}, "pixel": {}}
-    row = {"forgotten": True, "attack": {"robust": True, "train_robust": False, "train_best": 0.1, "attackers": both}}
+    both = {"dlib-resnet-v1": {}, "pixel": {}}
+    row = {"forgotten": True, "attack": {"robust": True, "train_robust": False, "train_best": 0.1, "attackers": both,
+                                         "required_attackers": ["dlib-resnet-v1", "pixel"]}}
     assert verdict([row], kept, attacked=True) == {"forgotten": True, "robust": True}
     fooled = {**row, "attack": {**row["attack"], "robust": False, "train_robust": True}}
     assert verdict([row, fooled], kept, attacked=True)["robust"] is False
-    one = {**row, "attack": {**row["attack"], "attackers": {"identity": {}}}}
+    one = {**row, "attack": {**row["attack"], "attackers": {"dlib-resnet-v1": {}}}}
     assert verdict([one], kept, attacked=True)["robust"] is None
+    old = {**row, "attack": {k: v for k, v in row["attack"].items() if k != "required_attackers"}}
+    assert verdict([old], kept, attacked=True)["robust"] is None  # a 0.1 report: its two attackers are not enough
+
+
+def test_attackers_are_named_by_network_and_checked():
+    from guide_engine.engine.errors import GuideEngineError
+    from guide_engine.guide.attack import all_attackers, outside_network, parse_attackers
+
+    every = ("dlib-resnet-v1", "arcface-mbf", "edgeface-s", "pixel")
+    assert all_attackers("dlib-resnet-v1") == every == parse_attackers("all", "dlib-resnet-v1")
+    assert parse_attackers("pixel, train", "dlib-resnet-v1") == ("dlib-resnet-v1", "pixel")  # in the order of all
+    assert parse_attackers("identity", "arcface-mbf") == ("arcface-mbf",)  # 0.1's name: the run's own network
+    ens = "dlib-resnet-v1+arcface-mbf"
+    assert all_attackers(ens) == (*every[:3], ens, "pixel")
+    assert outside_network(ens, ens) == "edgeface-s" and outside_network("pixel", ens) == "edgeface-s"
+    assert outside_network("dlib-resnet-v1", "dlib-resnet-v1") == "arcface-mbf"
+    for bad in ("", "pixel,pixel", "sface-2021dec", "all,pixel"):
+        with pytest.raises(GuideEngineError, match="--attackers"):
+            parse_attackers(bad, "dlib-resnet-v1")
+
+
+def test_a_smear_at_w_u_is_said_in_a_warning():
+    from guide_engine.guide.report import face_warnings
+
+    row = {"key": "seed:3", "unlearned_face": {"is_face": False, "what": "no face found; brightness 9.1"}}
+    lines = face_warnings({"identities": [row, {**row, "unlearned_face": {"is_face": True, "what": "a face"}}],
+                           "n_identities": 2})
+    assert lines == ["warning: at #0 (seed:3)'s w_u the unlearned generator draws no face the generator draws well "
+                     "(no face found; brightness 9.1): the person became a smear, not someone else"]
 
 
 def test_verify_usage_errors(tmp_path, tiny_run):
