@@ -38,26 +38,30 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+PRIVATE = 0o600  # personal data (a ledger with w_u, a person's aligned face): readable by its owner only
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], private: bool = False) -> None:
     """Call write(tmp) on a temp file beside `path`, then rename it over `path`: never a half-written file.
     The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600: a server running
-    as another user reads a run or an export as it would read any file. The mode is set after `write`, which may
-    have made the file anew (safetensors' save_file does, as 0600)."""
+    as another user reads a run or an export as it would read any file; `private` files (personal data) get
+    0600 whatever the umask. The mode is set after `write`, which may have made the file anew (safetensors'
+    save_file does, as 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, PRIVATE if private else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json(path: Path, obj) -> None:
-    """obj => indented JSON at `path`, written atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+def write_json(path: Path, obj, private: bool = False) -> None:
+    """obj => indented JSON at `path`, written atomically (`private`: readable by its owner only)."""
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"), private)
 
 
 def read_json(path: Path) -> dict:

@@ -33,12 +33,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def save_png(image: torch.Tensor, path: str | Path) -> None:
-    """(1, 3, H, W) or (3, H, W) in [-1, 1] => PNG, written atomically."""
+def save_png(image: torch.Tensor, path: str | Path, private: bool = False) -> None:
+    """(1, 3, H, W) or (3, H, W) in [-1, 1] => PNG, written atomically (`private`: readable by its owner only)."""
     from PIL import Image
 
     arr = to_uint8(image if image.dim() == 4 else image[None])[0]
-    atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"), private)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,

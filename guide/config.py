@@ -129,6 +129,8 @@ class UnlearnConfig:
         check_precision(self.precision)
         if self.cuda_graph and (why := cuda_graph_refusal(self)):
             raise GuideEngineError(f"--cuda-graph: {why}")
+        if self.cuda_graph and not str(self.device).startswith("cuda"):
+            raise GuideEngineError(f"--cuda-graph: CUDA graphs need --device cuda (this run: {self.device})")
         if self.push_weight < 0 or (self.push_weight > 0 and not self.push_margin > 0):
             raise GuideEngineError("push past: the weight must be >= 0 and, when it is not 0, the margin positive")
         if self.identities_per_iter < 1:

@@ -21,15 +21,15 @@ import torch
 
 from ..engine import __version__, rundir
 from ..engine.errors import GuideEngineError
-from ..engine.files import atomic_write, read_json, sha256_file, state_sha256, write_json
+from ..engine.files import PRIVATE, atomic_write, read_json, sha256_file, state_sha256, write_json
 from ..engine.models import nvlabs, zoo
-from . import distributed, ledger
+from . import cuda_graph, distributed, ledger
 from .config import UnlearnConfig, resolve
 from .identities import Source, ledger_entries, note
 from .losses import feature_perceptual_name
 from .networks import identity_network
 from .target import NEIGHBOR_RADIUS_REL, latents_around, typical_radius
-from .unlearn import pretrained_photos, run_unlearning
+from .unlearn import TargetCache, pretrained_photos, run_unlearning
 
 
 def check_request(out: Path, sources: tuple[Source, ...], cfg: UnlearnConfig, resume: bool) -> None:
@@ -101,6 +101,9 @@ def _unlearn(out: Path, work: Path, sources: tuple[Source, ...], cfg: UnlearnCon
     base_name, init, init_sha = rundir.load_continued(continued) if continued else (cfg.generator, None, None)
     old = ledger.read(continued) if continued else None
     G_s = zoo.load_generator(base_name, device=device)
+    if cfg.cuda_graph and (why := cuda_graph.refusal_at_run(device, not TargetCache.usable(G_s),
+                                                             distributed.active())):
+        raise GuideEngineError(f"--cuda-graph: {why}")  # before anything is written into the run directory
     base_sha = state_sha256(G_s)
     if old is not None:
         ledger.check_base(old, base_name, base_sha, continued)
@@ -159,7 +162,7 @@ def _unlearn(out: Path, work: Path, sources: tuple[Source, ...], cfg: UnlearnCon
         if resume and (work / rundir.CONFIG).is_file():
             check_same_config(work, cfg)
         keep_aligned_photos(book, work, continued, photos, n_before)
-        write_json(work / rundir.LEDGER, book)
+        write_json(work / rundir.LEDGER, book, private=True)  # w_u: with the pretrained weights, the person's face
         write_json(work / rundir.CONFIG, {**dataclasses.asdict(cfg), "job": {
             "sources": [dataclasses.asdict(s) for s in new], "continued_from": str(continued) if continued else None,
             "identities_trained": len(w_u), "ranks": distributed.world()}})
@@ -222,9 +225,10 @@ def keep_aligned_photos(book: dict, work: Path, continued: Path | None, photos: 
         if not name:
             continue
         if i >= n_before:
-            save_png(photos[i - n_before], work / name)
+            save_png(photos[i - n_before], work / name, private=True)  # the person's face: personal data
         elif continued is not None and (continued / name).is_file():
             shutil.copyfile(continued / name, work / name)
+            os.chmod(work / name, PRIVATE)
 
 
 @torch.no_grad()

@@ -89,10 +89,10 @@ def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tenso
         return {"drawn": None, "found": None, "drawn_by": how}
     line = judge.calib["strangers_dist_p1"]
     at_w_u = judge.dist(judge.desc(x_pre), judge.desc(photo)).item()
-    best = min(at_w_u, attack["judge_pretrained"]) if attack else at_w_u
+    on_pretrained = (attack or {}).get("judge_pretrained")  # None unless the training network's attacker ran
+    best = at_w_u if on_pretrained is None else min(at_w_u, on_pretrained)
     return {"drawn": bool(best < line), "found": bool(at_w_u < line), "drawn_by": how,
-            "photo_judge_dist_at_w_u": at_w_u,
-            "photo_judge_dist_pretrained_attack": attack["judge_pretrained"] if attack else None,
+            "photo_judge_dist_at_w_u": at_w_u, "photo_judge_dist_pretrained_attack": on_pretrained,
             "drawn_line": line}
 
 

@@ -63,6 +63,12 @@ def test_cli_refuses_before_writing(tmp_path):
                                   str(out), "--quiet"])
     assert r.exit_code != 0 and "--cuda-graph: --robust" in r.output and "Traceback" not in r.output
     assert not out.exists() and not any(tmp_path.iterdir())
+    if not torch.cuda.is_available():  # on a CPU host the device refuses it, also before OUT.partial/ is made
+        r = CliRunner().invoke(main, ["unlearn", "--seed", "0", "--iters", "2", "--cuda-graph", "--out", str(out),
+                                      "--quiet"])
+        assert r.exit_code == 2 and r.output.strip().splitlines() == [
+            "error: --cuda-graph: CUDA graphs need --device cuda (this run: cpu)"]
+        assert not any(tmp_path.iterdir())
 
 
 def test_resume_may_switch_the_graph(tmp_path):

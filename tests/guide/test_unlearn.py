@@ -244,3 +244,20 @@ def test_inversion_never_ends_at_the_average_latent(generator, identity):
         photo = generator.synthesize(generator.average_latent())
     w, _ = invert(generator, identity, photo, steps=3, progress=False)
     assert not torch.equal(w, generator.average_latent())
+
+
+def test_an_inversion_farther_than_the_line_is_warned_about(generator, identity, tmp_path, capsys):
+    """The inversion's warning fires when the generator's closest face is past the training network's same-person
+    line (here a line of 0: nothing comes within it), and stays silent when the face is within it."""
+    from guide_engine.engine.images import save_png
+    from guide_engine.guide.identities import Source, find_identity
+
+    with torch.no_grad():
+        save_png(generator.synthesize(generator.latents_for_seeds([31])), tmp_path / "p.png")
+    src = Source(image=str(tmp_path / "p.png"))
+    for line, warned in ((0.0, True), (10.0, False)):
+        calib = {"strangers_dist_p1": line, "strangers_dist_median": 0.5}
+        _, how, _ = find_identity(generator, identity, src, 2, progress=False, calib=calib)
+        err = capsys.readouterr().err
+        assert ("warning: " in err and "farther from the photo than the same-person line" in err) == warned, err
+        assert how["same_person_line"] == line and how["inversion_id_dist"] > 0

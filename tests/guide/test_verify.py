@@ -255,6 +255,11 @@ def test_attacker_gets_the_runs_own_photo(generator, tmp_path):
     r = CliRunner().invoke(main, ["unlearn", "--image", str(tmp_path / "p.png"), "--out", str(run), "--iters", "1",
                                   "--invert-steps", "2", "--target-search", "0"])
     assert r.exit_code == 0, r.output
+    from guide_engine.engine.files import _umask
+
+    for name in ("identities.json", "aligned.png"):  # personal data: w_u, the person's face; the owner's alone
+        assert (run / name).stat().st_mode & 0o777 == 0o600, name
+    assert (run / "generator.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()  # the weights: the umask's
     r = CliRunner().invoke(main, ["verify", str(run), "--image", str(tmp_path / "other.png")])
     assert r.exit_code == 2 and "not a photo this run forgot" in r.output
     args = ["verify", str(run), "--n-preserve", "4", "--attack-starts", "1", "--attack-steps", "1"]
@@ -263,6 +268,10 @@ def test_attacker_gets_the_runs_own_photo(generator, tmp_path):
     CliRunner().invoke(main, args)  # without the photo: the aligned crop the run kept, which inversion saw
     assert json.loads((run / "report.json").read_text())["attack"]["target"] == "the run's aligned photo (aligned.png)"
     assert "aligned.png" in json.loads((run / "manifest.json").read_text())["files"]
+    r = CliRunner().invoke(main, [*args, "--attackers", "pixel"])  # no attack on the pretrained generator: w_u decides
+    assert r.exit_code in (0, 1) and isinstance(r.exception, (SystemExit, type(None))), r.output
+    row = json.loads((run / "report.json").read_text())["identity"]
+    assert row["photo_judge_dist_pretrained_attack"] is None and row["drawn"] == row["found"]
     (run / "aligned.png").unlink()  # a run that lost it is refused, like any file its manifest records
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "aligned.png: missing" in r.output
