@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": args.device, "iters": args.iters, "burn_in": BURN_IN, "modes": {}}
     for mode in args.modes.split(","):
         run = out / mode
-        cmd = [sys.executable, "-m", "guide_engine.engine.cli", "unlearn", "--generator", f"nvlabs:{pkl}",
+        cmd = [sys.executable, "-m", "guide_engine.apps.cli", "unlearn", "--generator", f"nvlabs:{pkl}",
                "--nvlabs-code", args.nvlabs_code, "--trust-pickle", "--seed", "0", "--iters", str(args.iters),
                "--device", args.device, "--out", str(run), "--quiet", *MODES[mode]]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -33,7 +33,7 @@ def start_server(source: str, extra: tuple[str, ...], stderr=None) -> tuple[subp
     """`guide-engine serve SOURCE *extra` as its own process on a free loopback port, once it accepts.
     stderr: where the server's log goes (a file object; None: this process's)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.engine.cli", "serve", source, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "guide_engine.apps.cli", "serve", source, "--port", str(port),
                              *extra],
                             stderr=stderr)
     deadline = time.time() + 300

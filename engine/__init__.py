@@ -1,5 +1,6 @@
-"""guide-engine runtime: protocols, inference backends, sampling, images, serving, errors, the CLI;
-model adapters and the zoo in engine/models/."""
+"""guide-engine's ground and runtime: errors, files and the formats the engine writes, protocols, images,
+faces, inference backends, sampling; model adapters and the zoo in engine/models/. It imports no other folder
+of the package (tests/test_architecture.py)."""
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 

@@ -6,13 +6,12 @@ Contract: w (N, *latent_shape) float32 => image (N, 3, H, W) float32 in [-1, 1],
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import integrity, rundir
+from . import exportdir, integrity, rundir
 from .errors import GuideEngineError, IntegrityError, first_line
 
 
@@ -178,12 +177,9 @@ def open_runner(export_dir: Path, backend: str) -> Runner:
     """An export directory (with export.json) => the runner of `backend` over its artifact; `auto`: the
     fastest measured runtime for each call's batch size (FastestRunner). Each file is checked against
     export.json's record before it is used (engine/integrity.py), once per load."""
-    manifest_path = Path(export_dir) / "export.json"
-    if not manifest_path.is_file():
-        raise GuideEngineError(f"{export_dir}: not an export directory (no export.json); run `guide-engine export` "
-                               "first")
+    manifest_path = Path(export_dir) / exportdir.MANIFEST
+    manifest = exportdir.read_manifest(export_dir)
     try:
-        manifest = json.loads(manifest_path.read_text())
         shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise GuideEngineError(f"{manifest_path}: not a readable export record ({type(e).__name__}); "
@@ -221,8 +217,8 @@ def _artifact_runner(export_dir: Path, manifest: dict, backend: str) -> Runner:
         raise GuideEngineError(f"{export_dir}: has no TensorRT plan; export again with --trt on a CUDA host")
     path = export_dir / art[key]["file"]
     if not path.is_file():
-        raise GuideEngineError(f"{path}: missing; {export_dir / 'export.json'} records it")
-    sha = integrity.check_file(path, art[key].get("sha256"), str(export_dir / "export.json"))
+        raise GuideEngineError(f"{path}: missing; {export_dir / exportdir.MANIFEST} records it")
+    sha = integrity.check_file(path, art[key].get("sha256"), str(export_dir / exportdir.MANIFEST))
     shape, max_batch = tuple(manifest["latent_shape"]), manifest["max_batch"]
     runner = OnnxrtRunner(path, shape, max_batch) if key == "onnx" else TrtRunner(path, shape, max_batch)
     runner.artifact_sha256 = sha

@@ -5,6 +5,7 @@ never sees a half-written file, and a crash leaves the old file or none.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,6 +58,28 @@ def atomic_write(path: Path, write: Callable[[Path], None], private: bool = Fals
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked_partial(out: Path, work: Path, command: str):
+    """The one writer of a folder being made: `work` (OUT.partial/) made and held under an exclusive lock while the
+    body runs => (work, the folders made for it, deepest first). A second writer of the same `out` is refused in
+    one line naming `command`."""
+    import fcntl
+
+    made = [p for p in (work, *work.absolute().parents) if not p.exists()]  # deepest first
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GuideEngineError(f"--out {out}: another `{command}` is writing it ({work.name}/); wait for it to "
+                               f"finish, or choose another --out") from None
+    try:
+        yield work, made
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj, private: bool = False) -> None:

@@ -8,7 +8,7 @@ Records (one source each, written when the file is written):
 Checks: every load of a run or an export (sample, serve, verify, the runners) hashes the file it is about
 to use against its record, once per load (a 40 MB file hashes in well under a second);
 `serve` and `sample` also refuse a report made for other weights or another ledger, or whose `passed` its own
-figures contradict (guide/report.py: check_report).
+figures contradict (engine/reports.py: check).
 
 What hashes protect: accidents and swaps on disk (a file replaced, truncated, or edited by hand, a
 report moved onto other weights). What they do not: someone who can rewrite both a file and its record.

@@ -17,13 +17,12 @@ which check the files against the manifest's SHA-256 record (engine/integrity.py
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 
 from . import integrity
 from .errors import GuideEngineError
-from .files import read_json, state_sha256
+from .files import locked_partial, read_json, state_sha256, write_json
 from .models import zoo
 
 WEIGHTS = "generator.safetensors"
@@ -36,9 +35,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
 LOSSES = "losses.png"
 BEFORE_AFTER = "before_after.png"
-REPORT = "report.json"
-REPORT_PNG = "report.png"
-REPORT_HTML = "report.html"
+from .reports import REPORT, REPORT_HTML, REPORT_PNG  # noqa: E402,F401  (report.json's owner: engine/reports.py)
 
 
 def aligned_name(index: int) -> str:
@@ -64,33 +61,22 @@ def read_manifest(run: Path) -> dict:
 
 @contextlib.contextmanager
 def owned(out: Path, resume: bool):
-    """The run directory's one writer: an exclusive lock on OUT.partial/ while the job works. A second `unlearn`
-    into the same --out is refused in one line; the folders this job made (the partial one, missing parents) are
-    removed again when the job fails before writing into them."""
-    import fcntl
-
-    out, work = Path(out), partial(out)
-    made = [p for p in (work, *work.absolute().parents) if not p.exists()]  # deepest first
-    work.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise GuideEngineError(f"--out {out}: another `unlearn` is writing it ({work.name}/); wait for it to "
-                               f"finish, or choose another --out") from None
-    done = False
-    try:
-        if out.exists() and not resume:  # finished by another job between our first check and the lock
-            raise GuideEngineError(f"--out {out} already exists; choose a new directory")
-        yield work
-        done = True
-    finally:
-        if not done:  # what this job made and left empty goes again: a refused run writes nothing
-            for folder in made:
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-        os.close(fd)
+    """The run directory's one writer: an exclusive lock on OUT.partial/ while the job works (files.locked_partial).
+    A second `unlearn` into the same --out is refused in one line; the folders this job made (the partial one,
+    missing parents) are removed again when the job fails before writing into them; a job that fails after
+    writing leaves OUT.partial/ for --resume."""
+    with locked_partial(Path(out), partial(Path(out)), "unlearn") as (work, made):
+        done = False
+        try:
+            if Path(out).exists() and not resume:  # finished by another job between our first check and the lock
+                raise GuideEngineError(f"--out {out} already exists; choose a new directory")
+            yield work
+            done = True
+        finally:
+            if not done:  # what this job made and left empty goes again: a refused run writes nothing
+                for folder in made:
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
 
 
 def publish(work: Path, out: Path) -> Path:
@@ -100,6 +86,15 @@ def publish(work: Path, out: Path) -> Path:
         shutil.rmtree(out)
     work.rename(out)
     return out
+
+
+def write_manifest(work: Path, record: dict, extra_files: list[str] = ()) -> None:
+    """manifest.json: `record` (model names, hashes of base and result, timings, ...) and `files`, the SHA-256 of
+    every file a reader loads or trusts: the weights, the ledger, config.json (which names the base generator the
+    weights load into) and `extra_files` (the aligned crops)."""
+    names = [WEIGHTS, LEDGER, CONFIG, *extra_files]
+    write_json(Path(work) / MANIFEST,
+               {**record, "files": {name: integrity.sha256_file(Path(work) / name) for name in names}})
 
 
 def verify_files(run: Path) -> dict:

@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files, rundir
+from . import exportdir, files, reports, rundir
 from .errors import GuideEngineError
-from .files import read_json
 from .models import nvlabs, zoo
 from .rng import seeded_rng
 from .runtime import default_device, in_batches
@@ -25,22 +24,12 @@ def load_generator_source(source: str | Path, device: str | None = None):
                            f"({', '.join(n for n, s in zoo.REGISTRY.items() if s.kind == 'generator')})")
 
 
-def check_report_beside(source: Path, verified: dict | None) -> None:
-    """A report.json beside the weights must be about these very bytes and its verdict must follow from its
-    figures (guide/report.py: check_report); sampling refuses an edited or moved report as serving does."""
-    from ..guide.report import check_report
-
-    report = source / rundir.REPORT
-    if verified is not None and report.is_file():
-        check_report(read_json(report), verified, report)
-
-
 def resolve_backend(source: str | Path, backend: str) -> str:
     """`auto`: an export directory's fastest measured runtime per batch (engine/backends.FastestRunner);
     anything else has PyTorch only (export it for ONNX Runtime / TensorRT)."""
     if backend != "auto":
         return backend
-    return "auto" if (Path(source) / "export.json").is_file() else "torch"
+    return "auto" if exportdir.is_export(Path(source)) else "torch"
 
 
 GRID_MAX = 256  # images in one grid PNG
@@ -53,7 +42,7 @@ def image_source(source: str, backend: str = "auto", device: str | None = None):
     backend = resolve_backend(source, backend)
     if backend == "torch":
         generator = load_generator_source(source, device)
-        check_report_beside(Path(source), getattr(generator, "verified", None))
+        reports.check_beside(Path(source), getattr(generator, "verified", None))  # an edited report is refused
 
         def render(seeds) -> torch.Tensor:
             with seeded_rng(int(seeds[0]), generator.average_latent().device):  # EG3D's ray samples: same images
@@ -62,7 +51,7 @@ def image_source(source: str, backend: str = "auto", device: str | None = None):
     from .backends import open_runner
 
     runner = open_runner(Path(source), backend)
-    check_report_beside(Path(source), runner.verified)
+    reports.check_beside(Path(source), runner.verified)
     base = zoo.load_generator(runner.manifest["generator"])
     return (lambda seeds: runner.infer(base.latents_for_seeds(seeds))), min(SAMPLE_BATCH, runner.max_batch)
 

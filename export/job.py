@@ -3,7 +3,7 @@
 OUT/ generator.onnx (or generator_fp16.onnx), generator.plan (with --trt), export.json, and the
 run's manifest.json / identities.json copied along (verify and serve read them). Every artifact is
 run against PyTorch at batch sizes 1, 7 and the max; one that misses its threshold fails the export
-and leaves nothing behind (work happens in OUT.partial/, renamed at the end).
+and leaves nothing behind (engine/exportdir.py: work happens in OUT.partial/, locked, renamed at the end).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..engine import __version__, rundir
+from ..engine import __version__, exportdir, rundir
 from ..engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_throughput
 from ..engine.errors import CheckFailed, GuideEngineError
-from ..engine.files import sha256_file, write_json
+from ..engine.files import sha256_file
 from ..engine.sampling import load_generator_source
 from .onnx import OPSET, export_onnx
 from .parity import compare
@@ -31,7 +31,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
         raise GuideEngineError(f"--max-batch {max_batch}: must be at least 1")
     out = Path(out)
     if out.exists():
-        raise GuideEngineError(f"--out {out} already exists; choose a new directory")
+        raise GuideEngineError(f"--out {out} already exists; choose a new directory")  # before any work
     if trt:
         from ..engine.backends import import_tensorrt
 
@@ -43,10 +43,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
     src_dir = Path(source) if Path(source).is_dir() else None
     source_sha = sha256_file(src_dir / rundir.WEIGHTS) if src_dir else None
 
-    partial = rundir.partial(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with exportdir.owned(out) as partial:
         onnx_name = "generator_fp16.onnx" if fp16 else "generator.onnx"
         t0 = time.perf_counter()
         export_onnx(generator, partial / onnx_name, fp16=fp16)
@@ -99,9 +96,5 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                     shutil.copy2(src_dir / f, partial / f)
             if (partial / rundir.LEDGER).is_file():  # the guard's list travels with the artifact, and is bound to it
                 manifest["files"] = {rundir.LEDGER: sha256_file(partial / rundir.LEDGER)}
-        write_json(partial / "export.json", manifest)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        exportdir.write_manifest(partial, manifest)
     return manifest

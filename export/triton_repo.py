@@ -52,9 +52,9 @@ def check_free(export_dir: Path, repo: Path) -> None:
 def write_triton_repo(export_dir: Path, repo: Path, name: str | None = None) -> Path:
     """Copy the export's artifact (the TensorRT plan if there is one, else the ONNX file) into a
     Triton model repository; => the model's folder."""
-    import json
+    from ..engine import exportdir
 
-    manifest = json.loads((export_dir / "export.json").read_text())
+    manifest = exportdir.read_manifest(export_dir)
     name = name or model_name(export_dir)
     art = manifest["artifacts"]
     platform, src, target = (("tensorrt", art["tensorrt"]["file"], "model.plan") if "tensorrt" in art

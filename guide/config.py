@@ -1,7 +1,7 @@
 """Every setting of an unlearning run, declared once.
 
 `UnlearnConfig` is the one declaration: each field that a user sets carries its command-line flag and help
-(`engine/cli.py` builds the `unlearn` options from these fields, each defaulting to "not given"), and
+(`apps/cli.py` builds the `unlearn` options from these fields, each defaulting to "not given"), and
 fields the job works out from the generator (`resolved`) start as None. `resolve` fills them in; the loop
 (guide/unlearn.py) receives the resolved config, and `config.json` in the run directory is that config.
 A new setting is one field here.

@@ -1,4 +1,4 @@
-"""Scale-out with torch.distributed: `torchrun --nproc-per-node K -m guide_engine.engine.cli unlearn ...`.
+"""Scale-out with torch.distributed: `torchrun --nproc-per-node K -m guide_engine.apps.cli unlearn ...`.
 
 Every rank builds the same iteration (the same Batch, from the same seeds) and trains its share of it:
 identity j of the iteration's B (its local pair and adjacency pairs) goes to rank j mod K, global

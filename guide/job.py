@@ -21,7 +21,7 @@ import torch
 
 from ..engine import __version__, rundir
 from ..engine.errors import GuideEngineError
-from ..engine.files import PRIVATE, atomic_write, read_json, sha256_file, state_sha256, write_json
+from ..engine.files import PRIVATE, atomic_write, read_json, state_sha256, write_json
 from ..engine.models import nvlabs, zoo
 from . import cuda_graph, distributed, ledger
 from .config import UnlearnConfig, resolve
@@ -192,16 +192,18 @@ def write_run(work: Path, G_s, G_u, book: dict, cfg: UnlearnConfig, history: lis
     if cfg.generator.startswith(nvlabs.PREFIX):  # also in the user's own format, for their NVlabs tools
         nvlabs.save_pickle(G_u, work / rundir.PICKLE)
     device = cfg.device
-    write_json(work / rundir.MANIFEST, {
+    rundir.write_manifest(work, {
         "engine_version": __version__, "generator": cfg.generator, "identity_network": cfg.identity,
+        "licences": {name: zoo.REGISTRY[name].licence for name in (cfg.generator, *cfg.identity.split("+"))
+                     if name in zoo.REGISTRY},
         "base_sha256": book["base_sha256"], "result_sha256": state_sha256(G_u),
         "identities": [e["identity_hash"] for e in book["identities"]],
-        "files": {name: sha256_file(work / name) for name in (rundir.WEIGHTS, rundir.LEDGER, *aligned_files(book))},
         "continued_from": None if continued is None else {"run": str(continued), "result_sha256": init_sha},
         "timings_s": timings,
         "peak_cuda_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)
         if torch.device(device).type == "cuda" else None,
-        "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        "final_losses": history[-1] if history else None, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        aligned_files(book))
     w_u = ledger.latents(book, G_s.latent_shape).to(device)
     before_after(G_s, G_u, w_u[n_before:], work / rundir.BEFORE_AFTER, cfg.radius)
     if (work / rundir.HISTORY).is_file():

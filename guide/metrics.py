@@ -7,12 +7,12 @@ network's own distance. Per network:
   forgotten at w_u   dist(pretrained(w_u), unlearned(w_u)) >= the strangers' median
   kept               a random latent's pretrained-vs-unlearned distance < the strangers' 5th percentile
   robust             every re-inversion attack's best face is still >= the strangers' 1st percentile from the photo
-The verdict (see `verdict`): *forgotten* = forgotten at w_u by the judge, and at least 95% of random faces
-kept by both networks; *robust* = forgotten, and under the judge no face of any attacker (one per identity
-network of the zoo and the training network, each with that network in its loss, and one with pixels and
-features only) comes within the line. Each attacker's own network's figures are its objective (white-box: an
-optimiser drives any network it descends through) and are reported beside, with the strongest network outside
-its loss, not part of the level.
+The verdict (engine/reports.py: `verdict`, the rule beside the format): *forgotten* = forgotten at w_u by the
+judge, and at least 95% of random faces kept by both networks; *robust* = forgotten, and under the judge no
+face of any attacker (one per identity network of the zoo and the training network, each with that network in
+its loss, and one with pixels and features only) comes within the line. Each attacker's own network's figures
+are its objective (white-box: an optimiser drives any network it descends through) and are reported beside,
+with the strongest network outside its loss, not part of the level.
 A fixed threshold does not transfer: with dlib on the DigiFace DCGAN most stranger pairs fall under
 dlib's 0.6, which is reported beside for reference only. Cosines are reported raw and centred (the mean
 embedding of base samples subtracted).
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..engine.reports import MIN_KEPT
 from ..engine.runtime import in_batches, synthesis_batch
 from .attack import reinvert_all
 from .calibration import descriptors, strangers, strangers_closer_than
 from .target import NEIGHBOR_RADIUS_REL, latents_around
 
 PRESERVE_SEED0 = 2_000_000
-MIN_KEPT = 0.95
 
 
 @dataclass
@@ -143,21 +143,6 @@ def preservation_figures(G_s, infer, train: Judged, judge: Judged, n_preserve: i
     out["same_person_frac"] = kept.float().mean().item()
     out["pixel_l1"] = (xr_pre - xr_un).abs().mean().item()
     return out, {"pre": xr_pre[:4], "un": xr_un[:4]}
-
-
-def verdict(rows: list[dict], preservation: dict, attacked: bool) -> dict:
-    """The two levels over all identities: forgotten (each at w_u, by the judge; others kept) and robust
-    (also no attacker's face comes within the judge's p1; None unless every attacker the level needs ran:
-    `required_attackers`, guide/attack.py: all_attackers). An identity whose photo the
-    pretrained generator never drew (`drawn` False: verify.drawn_figures), or whose w_u is not them (`found` False),
-    is forgotten by no one: no level holds."""
-    forgotten = bool(all(r["forgotten"] and r.get("drawn") is not False and r.get("found") is not False for r in rows)
-                     and preservation["same_person_frac"] >= MIN_KEPT)
-    every = attacked and all(r["attack"].get("required_attackers")
-                             and set(r["attack"].get("attackers", {})) >= set(r["attack"]["required_attackers"])
-                             for r in rows)
-    return {"forgotten": forgotten,  # robust is measured only when every attacker ran
-            "robust": bool(forgotten and all(r["attack"]["robust"] for r in rows)) if every else None}
 
 
 def thresholds(train: Judged, judge: Judged) -> dict:

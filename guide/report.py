@@ -1,7 +1,7 @@
-"""The verification report, as a reader sees it: the summary table (text), report.png, report.html, and
-the check that a report.json still says what its own figures say.
+"""The verification report, as a reader sees it: the summary table (text), report.png and report.html.
 
-report.json itself is written by guide/verify.py; its figures come from guide/metrics.py.
+report.json's format, its verdict rule and its checks live in engine/reports.py; verify (guide/verify.py)
+writes it, its figures come from guide/metrics.py.
 """
 from __future__ import annotations
 
@@ -11,32 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine import rundir
-from ..engine.errors import IntegrityError
+from ..engine import reports, rundir
 from ..engine.files import atomic_write
-from .metrics import verdict
-
-
-def check_report(report: dict, judged: dict, where: Path) -> None:
-    """A report must be about these bytes (`judged`: the weights' and the ledger's SHA-256 just verified), and its
-    verdict must follow from its own figures."""
-    rec = report.get("judged") or {}
-    for key in ("weights_sha256", "ledger_sha256"):
-        # an export serves the report of the run it was made from: the artifact's source weights count too
-        allowed = {judged.get(key)} | ({judged.get("source_weights_sha256")} if key == "weights_sha256" else set())
-        if rec.get(key) not in allowed:
-            raise IntegrityError(f"{where}: made for other {'weights' if key.startswith('w') else 'identities'} "
-                                 f"({str(rec.get(key))[:16]}... vs {str(judged.get(key))[:16]}... here); "
-                                 f"run `guide-engine verify` on this directory")
-    try:
-        rows = report["identities"]
-        levels = verdict(rows, report["preservation"], attacked="attack" in rows[0])
-        consistent = levels == report["levels"] and report["passed"] == bool(levels[report["required"]])
-    except (KeyError, IndexError, TypeError):
-        consistent = False
-    if not consistent:
-        raise IntegrityError(f"{where}: its verdict (passed: {report.get('passed')}) does not follow from its own "
-                             f"figures; the report was edited or is from an older engine (verify again)")
 
 
 def save_report_picture(report: dict, pictures: list[dict], random_faces: dict, attack_images: dict | None,
@@ -296,7 +272,8 @@ def render(report: dict, run: Path) -> str:
             "<p class='note'>" + e(lines[0]) + "<br>" + e(lines[1]) + "</p>",
             "<h2>What the thresholds mean</h2><table>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in MEANING] + ["</table>", "<h2>Pictures</h2>"]
-    for name, alt in ((rundir.REPORT_PNG, "the person: photo, pretrained and unlearned faces, the attack's best faces"),
+    for name, alt in ((reports.REPORT_PNG,
+                       "the person: photo, pretrained and unlearned faces, the attack's best faces"),
                       (rundir.BEFORE_AFTER,
                        "pretrained (top) and unlearned (bottom): the person, neighbours, random faces"),
                       (rundir.LOSSES, "the unlearning losses over iterations")):
@@ -312,5 +289,5 @@ def render(report: dict, run: Path) -> str:
 def write_html(report: dict, run: Path) -> Path:
     """report.html: the verdict, the figures and the pictures in one self-contained page."""
     page = render(report, run)
-    atomic_write(run / rundir.REPORT_HTML, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-    return run / rundir.REPORT_HTML
+    atomic_write(run / reports.REPORT_HTML, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return run / reports.REPORT_HTML

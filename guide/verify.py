@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import __version__, files, integrity, rundir
+from ..engine import __version__, reports, rundir
 from ..engine.errors import GuideEngineError
 from ..engine.files import state_sha256
 from ..engine.models import zoo
@@ -197,7 +197,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
                   "identity": {key: v for key, v in rows[k].items() if key != "attack"},
                   "identities": rows, "n_identities": len(rows), "worst_identity": k,
                   "preservation": preservation, "thresholds": metrics.thresholds(train, jdg),
-                  "levels": metrics.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
+                  "levels": reports.verdict(rows, preservation, reinversion), "backend": backend, "required": require}
         if reinversion:
             report["attack"] = rows[k]["attack"]
         total = time.perf_counter() - t_start
@@ -217,9 +217,8 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
         if n_targets > 1:  # several identities: do their targets collapse onto one face (UFO collapse)?
             report["target"] = {"collapse_sim": metrics.collapse_sim(G_s, judge_net, list(torch.cat(targets).split(1))),
                                 "n_identities": n_targets, "network": judge_net.name}
-    report = integrity.sign(report)  # with GUIDE_ENGINE_SIGNING_KEY set: an HMAC the operator can check
-    files.write_json(run / rundir.REPORT, report)
+    report = reports.write(run, report)  # signed with GUIDE_ENGINE_SIGNING_KEY set
     save_report_picture(report, pictures, random_faces, attack_images[k] if reinversion else None,
-                        run / rundir.REPORT_PNG)
+                        run / reports.REPORT_PNG)
     write_html(report, run)
     return report

@@ -37,7 +37,7 @@ def tiny_run_factory(tmp_path_factory, generator):
     """seed => a fresh 2-iteration run directory made through the CLI (one per caller: callers write into it)."""
     from click.testing import CliRunner
 
-    from guide_engine.engine.cli import main
+    from guide_engine.apps.cli import main
 
     def make(seed: int):
         out = tmp_path_factory.mktemp("run") / "run"

@@ -1,35 +1,25 @@
-"""The package's shape: no import cycle, and no lower module importing an upper one.
+"""The package's shape: no import cycle, and no folder importing a folder above its own.
 
 Read from the source with `ast` (every import, at the top of a module or inside a function), so a lazy
-import inside a function counts as much as one at the top.
-
-Layers, lowest first (a module imports its own layer and the ones below):
-  base       engine/ (errors, files, rng, runtime, protocols, images, faces, crops, integrity, rundir,
-             backends, ...), engine/models/ (adapters and the zoo), kernels/
-  algorithm  guide/
-  deploy     export/, engine/sampling.py and the server (serve, serve_api, serve_metrics, batcher)
-  apps       engine/cli.py, bench/
+import inside a function counts as much as one at the top. The layers are the folders, lowest first (a module
+imports its own folder and the ones below):
+  engine/    the ground and the runtime: errors, files and the formats the engine writes, protocols, images,
+             faces, backends, sampling; engine/models/ (adapters and the zoo)
+  kernels/   the Triton kernels and their torch references
+  guide/     the algorithm: GUIDE, the robust mode, verification;  export/  ONNX, TensorRT, Triton (siblings)
+  bench/     the benchmarks
+  apps/      the applications: the command line, the server
 """
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("engine", "kernels", "export", "guide", "bench")
-DEPLOY = {"engine.sampling", "engine.serve", "engine.serve_api", "engine.serve_metrics", "engine.batcher"}
-APPS = {"engine.cli"}
+LAYERS = {"engine": 0, "kernels": 1, "guide": 2, "export": 2, "bench": 3, "apps": 4}
+FOLDERS = tuple(LAYERS)
 
 
 def layer(module: str) -> int:
-    if module in APPS or module.startswith("bench"):
-        return 3
-    if module in DEPLOY or module.startswith("export"):
-        return 2
-    if module.startswith("guide"):
-        return 1
-    return 0
-
-
-NAMES = ("base", "algorithm", "deploy", "apps")
+    return LAYERS[module.split(".")[0]]
 
 
 def modules() -> dict[str, Path]:
@@ -118,10 +108,25 @@ def test_no_import_cycle():
     assert cycles(import_graph()) == []
 
 
-def test_no_module_imports_a_layer_above_its_own():
-    upward = [f"{m} ({NAMES[layer(m)]}) imports {t} ({NAMES[layer(t)]})"
-              for m, targets in import_graph().items() for t in sorted(targets) if layer(t) > layer(m)]
+def test_no_folder_imports_a_folder_above_its_own():
+    upward = [f"{m} imports {t}" for m, targets in import_graph().items() for t in sorted(targets)
+              if layer(t) > layer(m)]
     assert upward == []
+
+
+def test_siblings_do_not_import_each_other():
+    """guide/ and export/ share a layer: neither needs the other (export takes weights, not the algorithm)."""
+    across = [f"{m} imports {t}" for m, targets in import_graph().items() for t in sorted(targets)
+              if layer(t) == layer(m) and t.split(".")[0] != m.split(".")[0]]
+    assert across == []
+
+
+def test_every_folder_of_the_package_has_its_layer():
+    """A new folder must say where it sits: pyproject's packages and the layers name the same folders."""
+    import tomllib
+
+    dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    assert {d.split("/")[0] for d in dirs} == set(LAYERS)
 
 
 def test_imports_inside_the_package_are_relative():

@@ -5,8 +5,8 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
+from guide_engine.apps.cli import main
 from guide_engine.bench.sampling import dcgan_flops
-from guide_engine.engine.cli import main
 
 
 def test_bench_tiny(tmp_path, generator, identity):

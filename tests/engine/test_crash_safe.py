@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-CLI = [sys.executable, "-m", "guide_engine.engine.cli"]
+CLI = [sys.executable, "-m", "guide_engine.apps.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: the same float sums
 
 

@@ -204,7 +204,7 @@ def test_find_faces_sees_a_face_that_fills_the_frame(generator, detector):
 def test_cli_refuses_a_decompression_bomb_in_one_line_also_in_a_folder(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from guide_engine.engine.cli import main
+    from guide_engine.apps.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dir").mkdir()

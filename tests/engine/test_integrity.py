@@ -7,14 +7,14 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from guide_engine.apps.cli import main
 from guide_engine.engine import integrity
-from guide_engine.engine.cli import main
 from guide_engine.engine.errors import IntegrityError
 
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from guide_engine.engine.serve import ServeConfig, create_app  # noqa: E402
+from guide_engine.apps.serve import ServeConfig, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,15 @@ def test_edited_ledger_is_refused(run):
     (run / "identities.json").write_text(json.dumps(book))
     _serve_refused(run, "identities.json")
     _refused(["sample", str(run), "--seeds", "0", "--out", str(run / "s.png")], "identities.json")
+
+
+def test_edited_config_is_refused(run):
+    """config.json names the base generator the weights load into: the manifest covers it like the weights."""
+    config = json.loads((run / "config.json").read_text())
+    assert "config.json" in json.loads((run / "manifest.json").read_text())["files"]
+    (run / "config.json").write_text(json.dumps({**config, "generator": "nvlabs:elsewhere.pkl"}))
+    _refused(["sample", str(run), "--seeds", "0", "--out", str(run / "s.png")], "config.json")
+    _serve_refused(run, "config.json")
 
 
 def test_edited_report_is_refused(run):

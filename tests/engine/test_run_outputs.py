@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 from guide_engine.engine.images import to_uint8
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from guide_engine.apps.cli import main
 from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, open_runner
-from guide_engine.engine.cli import main
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.export import parity
 from guide_engine.export.job import export_job
@@ -197,3 +197,31 @@ def test_sample_does_not_overwrite_the_runs_own_files(tmp_path, tiny_run_factory
     assert (run / "before_after.png").read_bytes() == before
     r = CliRunner().invoke(main, ["sample", str(run), "--seeds", "0", "--out", str(run / "grid.png")])
     assert r.exit_code == 0, r.output  # a new file beside them is fine
+
+
+def test_the_export_directory_has_one_writer_and_leaves_nothing_when_it_fails(tmp_path):
+    """engine/exportdir.py: OUT.partial/ is locked while an export writes it (a second export into the same --out is
+    refused, not allowed to wipe the first one's work), published by a rename, and removed when the export fails;
+    what a crashed export left in OUT.partial/ is cleared by the next one."""
+    from guide_engine.engine import exportdir
+    from guide_engine.engine.errors import GuideEngineError
+
+    out = tmp_path / "exp"
+    with exportdir.owned(out) as work:
+        (work / "a.onnx").write_text("x")
+        with pytest.raises(GuideEngineError, match="another `export` is writing it"):
+            with exportdir.owned(out):
+                pass
+        assert (work / "a.onnx").is_file()
+    assert (out / "a.onnx").is_file() and not exportdir.partial(out).exists()
+    with pytest.raises(GuideEngineError, match="already exists"):
+        with exportdir.owned(out):
+            pass
+    other = tmp_path / "other"
+    exportdir.partial(other).mkdir()
+    (exportdir.partial(other) / "stale.onnx").write_text("from a crash")
+    with pytest.raises(RuntimeError):
+        with exportdir.owned(other) as work:
+            assert not (work / "stale.onnx").exists()
+            raise RuntimeError("parity failed")
+    assert not other.exists() and not exportdir.partial(other).exists()

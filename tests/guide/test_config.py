@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 from guide_engine.guide.config import DEFAULT_ITERS, UnlearnConfig, default_iters, resolve
 from guide_engine.guide.robust import RobustConfig
 

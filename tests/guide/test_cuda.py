@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.weights]
 

@@ -70,7 +70,7 @@ def test_torchrun_cli(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "guide_engine.engine.cli", "unlearn", "--seeds", "61,62,63", "--iters", "2",
+                           "-m", "guide_engine.apps.cli", "unlearn", "--seeds", "61,62,63", "--iters", "2",
                            "--target-search", "4", "--identities-per-iter", "2", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

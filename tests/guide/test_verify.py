@@ -5,9 +5,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 from guide_engine.engine.files import state_sha256
 from guide_engine.engine.models import zoo
+from guide_engine.engine.reports import verdict
 from guide_engine.guide import calibration, metrics
 
 
@@ -78,7 +79,7 @@ def test_calibration_cache_is_keyed_by_content_not_folder(tmp_path, monkeypatch)
 def _grade(generator, infer, nets, w_u):
     row, _ = metrics.identity_figures(generator, infer, *nets, w_u, 10.0)
     kept, _ = metrics.preservation_figures(generator, infer, *nets, n_preserve=32)
-    return row, kept, metrics.verdict([row], kept, attacked=False)
+    return row, kept, verdict([row], kept, attacked=False)
 
 
 def test_identical_generator_is_not_forgotten(generator, nets):
@@ -188,7 +189,6 @@ def test_report_holds_both_networks_the_attack_and_both_levels(tiny_run):
 def test_robust_is_the_judges_word_over_every_attacker():
     """White-box figures (the training network, which the identity attacker descends through) never decide the
     level; a verify that left out an attacker the level needs measures no robust level at all."""
-    from guide_engine.guide.metrics import verdict
 
     kept = {"same_person_frac": 1.0}
     both = {"dlib-resnet-v1": {}, "pixel": {}}
@@ -316,10 +316,10 @@ def test_a_run_whose_w_u_is_not_the_person_claims_no_forgetting():
     row = {"forgotten": True, "attack": {"robust": False}, "key": "photo:x", "drawn": True, "found": False,
            "photo_judge_dist_at_w_u": 0.785, "photo_judge_dist_pretrained_attack": 0.555, "drawn_line": 0.564}
     kept = {"same_person_frac": 1.0}
-    assert metrics.verdict([row], kept, True)["forgotten"] is False
-    assert metrics.verdict([{**row, "found": True}], kept, True)["forgotten"] is True
-    assert metrics.verdict([{**row, "found": None, "drawn": None}], kept, True)["forgotten"] is True  # old reports
-    report = {"identities": [row], "levels": metrics.verdict([row], kept, True), "n_identities": 1}
+    assert verdict([row], kept, True)["forgotten"] is False
+    assert verdict([{**row, "found": True}], kept, True)["forgotten"] is True
+    assert verdict([{**row, "found": None, "drawn": None}], kept, True)["forgotten"] is True  # old reports
+    report = {"identities": [row], "levels": verdict([row], kept, True), "n_identities": 1}
     assert outcome(report) == "not found" and "NOT FOUND" in not_drawn_line(report)
     assert outcome({**report, "identities": [{**row, "drawn": False}]}) == "not drawn"
 

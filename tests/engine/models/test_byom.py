@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 from guide_engine.engine.errors import GuideEngineError
 from guide_engine.engine.models import nvlabs
 

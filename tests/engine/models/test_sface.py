@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 from guide_engine.engine.models import zoo
 from guide_engine.engine.models.sface import SFaceJudge
 from guide_engine.guide.target import latents_around

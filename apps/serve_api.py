@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import GuideEngineError
+from ..engine.errors import GuideEngineError
 
 SEED_MAX = 2**31 - 1
 LATENT_ABS_MAX = 1e3

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from guide_engine.engine.cli import main
+from guide_engine.apps.cli import main
 
 
 def run(*args):

@@ -3,7 +3,7 @@
 POST /v1/generate  {"seeds": [...]} or {"latents": [[...], ...]}  => one image: image/png;
                    several: JSON {"images": [base64 PNG | null], "withheld": [indices]}
 GET  /healthz, /readyz, /v1/model (manifest: unlearned identities as hashes, the verification levels)
-KServe v2 / Open Inference Protocol (what Triton Inference Server speaks; engine/serve_api.py):
+KServe v2 / Open Inference Protocol (what Triton Inference Server speaks; apps/serve_api.py):
 GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
 POST /v2/models/{name}/infer   input `w` FP32 [N, *latent_shape] => output `image` FP32 [N, 3, H, W]
 GET  /metrics (Prometheus text), /openapi.json and /docs (the typed API)
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine.errors import GuideEngineError, IntegrityError
 from .batcher import MicroBatcher, QueueFull
-from .errors import GuideEngineError, IntegrityError
 from .serve_metrics import Metrics, MetricsMiddleware
 
 
@@ -71,7 +71,7 @@ class ServeError(GuideEngineError):
 def _png(image: torch.Tensor) -> bytes:
     from PIL import Image
 
-    from .images import to_uint8
+    from ..engine.images import to_uint8
 
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image[None])[0]).save(buf, format="PNG")
@@ -81,27 +81,25 @@ def _png(image: torch.Tensor) -> bytes:
 def load_service(source: Path, cfg: ServeConfig):
     """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None). The files are checked
     against their records before they are used (engine/integrity.py), and the report against the files
-    (guide/report.py: check_report)."""
-    from ..guide.report import check_report
-    from . import integrity, rundir
-    from .files import read_json
-    from .models import zoo
-    from .sampling import load_generator_source, resolve_backend
+    (engine/reports.py: check)."""
+    from ..engine import integrity, reports, rundir
+    from ..engine.models import zoo
+    from ..engine.sampling import load_generator_source, resolve_backend
 
     source = Path(source)
     if not source.is_dir():
         raise GuideEngineError(f"{source}: give an unlearn run directory or an export directory")
-    report_path = source / rundir.REPORT
-    report = read_json(report_path) if report_path.is_file() else None
+    report_path = source / reports.REPORT
+    report = reports.read(source)
     cfg = dataclasses.replace(cfg, backend=resolve_backend(source, cfg.backend))
     if cfg.backend == "torch":
-        from .backends import TorchRunner
+        from ..engine.backends import TorchRunner
 
         generator = load_generator_source(source)  # its files checked against the run's manifest
         infer = TorchRunner(generator, cfg.max_batch).infer
         base, verified = generator, generator.verified
     else:
-        from .backends import open_runner
+        from ..engine.backends import open_runner
 
         runner = open_runner(source, cfg.backend)  # its artifact checked against export.json
         infer = runner.infer
@@ -109,7 +107,7 @@ def load_service(source: Path, cfg: ServeConfig):
     integrity_note = None
     if report is not None:  # the verdict must be about these very bytes, and follow from its own figures
         try:
-            check_report(report, verified, report_path)
+            reports.check(report, verified, report_path)
             signed = integrity.check_signature(report, report_path)
         except IntegrityError as e:
             if not cfg.allow_unverified:
@@ -153,10 +151,10 @@ def _ledger_hashes(source: Path) -> list[str]:
 def _make_guard(source: Path, base, report):
     """=> images => [withheld?]: the judge's distance to any ledger identity's pretrained image below the
     strangers' 1st percentile (calibrated on the base generator, cached)."""
+    from ..engine.files import state_sha256
+    from ..engine.models import zoo
     from ..guide import ledger
     from ..guide.calibration import calibrate
-    from .files import state_sha256
-    from .models import zoo
 
     try:
         book = ledger.read(source)
