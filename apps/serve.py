@@ -31,22 +31,30 @@ from pathlib import Path
 import torch
 
 from ..engine.errors import GuideEngineError, IntegrityError
+from ..engine.settings import flag
 from .batcher import MicroBatcher, QueueFull
 from .serve_metrics import Metrics, MetricsMiddleware
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    backend: str = "auto"  # auto: an export's fastest measured runtime for each micro-batch's size
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_per_request: int = 16
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 256  # latents waiting or in a generator call; beyond: 503 + Retry-After
-    timeout_s: float = 30.0
-    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this (slow-header clients)
-    allow_unverified: bool = False
-    guard: bool = False
+    """Every setting of `serve`, declared once (engine/settings.py): the CLI's options are built from it."""
+
+    backend: str = flag("auto", "auto: for an export directory, its fastest measured runtime per batch size; "
+                        "otherwise torch.", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    max_batch: int = flag(32, "Micro-batch size limit.")
+    max_wait_ms: float = flag(5.0, "Micro-batch collection window, milliseconds.")
+    max_per_request: int = flag(16, "Seeds or latents one request may ask for.")
+    max_body_bytes: int = flag(1 << 20, "Request body limit (413 beyond).")
+    max_queue: int = flag(256, "Latents accepted and not yet answered; beyond it a request gets 503 + Retry-After "
+                          "at once.")
+    timeout_s: float = flag(30.0, "Per-request timeout, seconds: the body, the queue and generation (408 / 504 past "
+                            "it).", name="--timeout")
+    header_timeout_s: float = flag(10.0, "A request's line and headers must arrive within this many seconds, else "
+                                   "the connection is closed.", name="--header-timeout")
+    allow_unverified: bool = flag(False, "Serve an artifact whose verification has not passed or does not match its "
+                                  "files (said in /v1/model and the log).", is_flag=True)
+    guard: bool = flag(False, "Withhold images that match an unlearned identity.", is_flag=True)
 
     def __post_init__(self):
         if min(self.max_batch, self.max_per_request) < 1 or self.max_queue < self.max_per_request:

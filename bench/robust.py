@@ -100,19 +100,18 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
 
     torch.set_num_threads(1)
     from ..guide import history
-    from ..guide.attack import AttackConfig
     from ..guide.config import UnlearnConfig
     from ..guide.identities import Source
     from ..guide.job import unlearn_job
-    from ..guide.verify import verify_run
+    from ..guide.verify import VerifyConfig, verify_run
 
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not (run / rundir.MANIFEST).exists():
         iters, robust, identity = settings(name, overrides)
         unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust,
                                                              identity=identity), progress=False)
-    rep = verify_run(run, attack=AttackConfig(starts=starts, steps=steps), n_preserve=n_preserve, device=device,
-                     attackers=attackers)
+    rep = verify_run(run, VerifyConfig(attack_starts=starts, attack_steps=steps, n_preserve=n_preserve,
+                                       device=device, attackers=attackers))
     manifest = json.loads((run / rundir.MANIFEST).read_text())
     i, a, p = rep["identity"], rep["attack"], rep["preservation"]
     last = history.read(run / rundir.HISTORY)[-IN_LOOP_LAST:]

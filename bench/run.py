@@ -21,6 +21,7 @@ import torch
 
 from ..engine.errors import GuideEngineError
 from ..engine.files import atomic_write, write_json
+from ..engine.models.zoo import DEFAULT_GENERATOR
 from .peak import at_least_measured, measured_matmul, theoretical
 
 ALL_BACKENDS = ("torch", "torch-compile", "torch-cudagraph", "onnxruntime", "tensorrt")
@@ -63,7 +64,7 @@ def cpu_model() -> str:
 
 
 def run_bench(out: Path, backends: list[str], batches: list[int], quick: bool = False,
-              source: str = "digiface-dcgan64", unlearn_iters: int | None = None) -> dict:
+              source: str = DEFAULT_GENERATOR, unlearn_iters: int | None = None) -> dict:
     bad = [b for b in backends if b not in ALL_BACKENDS]
     if bad:
         raise GuideEngineError(f"--backends {','.join(bad)}: choose from {','.join(ALL_BACKENDS)}")

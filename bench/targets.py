@@ -19,9 +19,11 @@ import statistics
 import click
 import torch
 
+from ..engine.models.zoo import DEFAULT_IDENTITY
+
 
 @torch.no_grad()
-def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = "dlib-resnet-v1") -> dict:
+def study(seeds: list[int], n: int = 256, angle: float = 90.0, identity: str = DEFAULT_IDENTITY) -> dict:
     from ..engine.files import state_sha256
     from ..engine.models import zoo
     from ..engine.runtime import in_batches

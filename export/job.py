@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,16 +20,31 @@ from ..engine.backends import OnnxrtRunner, TorchRunner, TrtRunner, measure_thro
 from ..engine.errors import CheckFailed, GuideEngineError
 from ..engine.files import sha256_file
 from ..engine.sampling import load_generator_source
+from ..engine.settings import flag
 from .onnx import OPSET, export_onnx
 from .parity import compare
 
 
-def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, trt: bool = False,
-               max_batch: int = 64, workspace_gib: float = 4.0) -> dict:
-    if not (onnx or trt):
-        raise GuideEngineError("nothing to export: give --onnx and/or --trt")
-    if max_batch < 1:
-        raise GuideEngineError(f"--max-batch {max_batch}: must be at least 1")
+@dataclass(frozen=True)
+class ExportConfig:
+    """Every setting of `export`, declared once (engine/settings.py): the CLI's options are built from it."""
+
+    onnx: bool = flag(False, f"Export ONNX (opset {OPSET}, dynamic batch); the default when --trt is not given.",
+                      is_flag=True)
+    fp16: bool = flag(False, "fp16 compute in the graph, fp32 input/output.", is_flag=True)
+    trt: bool = flag(False, "Also build a TensorRT plan (CUDA host with tensorrt).", is_flag=True)
+    max_batch: int = flag(64, "The largest batch the artifacts take; parity is checked at 1, 7 and this.")
+    workspace_gib: float = 4.0  # TensorRT's builder workspace
+
+    def validate(self) -> None:
+        if self.max_batch < 1:
+            raise GuideEngineError(f"--max-batch {self.max_batch}: must be at least 1")
+
+
+def export_job(source: str, out: Path, cfg: ExportConfig = ExportConfig()) -> dict:
+    """`source` (a run directory or a base model's name) => the export directory `out` => its manifest."""
+    cfg.validate()
+    fp16, trt, max_batch, workspace_gib = cfg.fp16, cfg.trt, cfg.max_batch, cfg.workspace_gib  # ONNX always
     out = Path(out)
     if out.exists():
         raise GuideEngineError(f"--out {out} already exists; choose a new directory")  # before any work
@@ -91,7 +107,7 @@ def export_job(source: str, out: Path, onnx: bool = True, fp16: bool = False, tr
                                for k, p in parity.items())
             raise CheckFailed(f"export parity failed, no artifact written: {detail}")
         if src_dir:
-            for f in (rundir.MANIFEST, rundir.LEDGER, rundir.LEGACY_LEDGER, rundir.CONFIG, rundir.REPORT):
+            for f in (rundir.MANIFEST, rundir.LEDGER, rundir.CONFIG, rundir.REPORT):
                 if (src_dir / f).is_file():
                     shutil.copy2(src_dir / f, partial / f)
             if (partial / rundir.LEDGER).is_file():  # the guard's list travels with the artifact, and is bound to it

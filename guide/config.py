@@ -1,8 +1,8 @@
 """Every setting of an unlearning run, declared once.
 
 `UnlearnConfig` is the one declaration: each field that a user sets carries its command-line flag and help
-(`apps/cli.py` builds the `unlearn` options from these fields, each defaulting to "not given"), and
-fields the job works out from the generator (`resolved`) start as None. `resolve` fills them in; the loop
+(engine/settings.py; `apps/cli.py` builds the `unlearn` options from these fields, each defaulting to "not
+given"), and fields the job works out from the generator (`resolved`) start as None. `resolve` fills them in; the loop
 (guide/unlearn.py) receives the resolved config, and `config.json` in the run directory is that config.
 A new setting is one field here.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..engine.errors import GuideEngineError
 from ..engine.models.zoo import DEFAULT_GENERATOR, DEFAULT_IDENTITY
 from ..engine.precision import check as check_precision
+from ..engine.settings import flag, from_flags, resolved
 from .calibration import quantile
 from .cuda_graph import refusal as cuda_graph_refusal
 from .robust import RobustConfig
@@ -29,19 +30,6 @@ ALPHA_PER_D = 15 / 30  # the official alpha_max / d for EG3D (15 / 30), kept as 
 PUSH_WEIGHT = 1.0  # --push-past: the term's weight, and its margin relative to the strangers' median distance
 PUSH_MARGIN_REL = 1.85  # under the training network (dlib: 1.85 x 0.543 = 1.00, past every stranger pair's 0.81)
 DEFAULT_PRECISION = "fp32"  # of the networks' passes in the loop, the inversion and the attack (docs/performance.md)
-
-
-def flag(default, help: str, name: str | None = None, parse=None, choices: tuple[str, ...] | None = None,
-         is_flag: bool = False, shown: str | None = None):
-    """A setting the user gives on the command line: `name` (default --field-name), its help, how the given text
-    becomes the value (`parse`), and the default as the help shows it (`shown`)."""
-    return field(default=default, metadata={"flag": name, "help": help, "parse": parse, "choices": choices,
-                                            "is_flag": is_flag, "shown": shown})
-
-
-def resolved(default=None, note: str = ""):
-    """A setting the job works out (from the generator, the calibration, the number of identities)."""
-    return field(default=default, metadata={"resolved": note})
 
 
 def _losses(text: str) -> tuple[str, ...]:
@@ -106,13 +94,7 @@ class UnlearnConfig:
     @classmethod
     def from_flags(cls, given: dict) -> "UnlearnConfig":
         """The command line's values (None or False: not given) => a config with the defaults for the rest."""
-        kw = {}
-        for f in dataclasses.fields(cls):
-            value = given.get(f.name)
-            if "flag" not in f.metadata or value is None or (f.metadata["is_flag"] and value is False):
-                continue
-            kw[f.name] = f.metadata["parse"](value) if f.metadata["parse"] else value
-        return cls(**kw)
+        return from_flags(cls, given)
 
     def validate(self) -> None:
         """Everything cheap, before any file is written or any model loaded."""

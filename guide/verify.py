@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,9 +25,12 @@ from ..engine import __version__, reports, rundir
 from ..engine.errors import GuideEngineError
 from ..engine.files import state_sha256
 from ..engine.models import zoo
+from ..engine.precision import check as check_precision
 from ..engine.rng import seeded_rng
+from ..engine.settings import flag
 from . import calibration, ledger, metrics
 from .attack import AttackConfig, all_attackers, parse_attackers
+from .config import DEFAULT_PRECISION
 from .faceness import look_range
 from .networks import identity_network
 from .report import outcome, save_report_picture, write_html
@@ -96,24 +100,57 @@ def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tenso
             "drawn_line": line}
 
 
-def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare: tuple[Path, ...] = (),
-               reinversion: bool = True, judge: str = zoo.DEFAULT_JUDGE, require: str = "forgotten",
-               images: tuple[str, ...] = (), attack: AttackConfig = AttackConfig(), progress: bool = False,
-               device: str = "cpu", attackers: str | tuple[str, ...] = "all") -> dict:
-    """device: where the generators, the training network and the attackers run (the SFace judge runs on
-    ONNX Runtime's CPU provider whatever it is); an export's runner keeps its own. `attackers`: which of
-    guide/attack.py's attackers run ("all" by default: one per identity network and the pixel attacker; the level
-    `robust` needs all of them), as --attackers text or names."""
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Every setting of `verify`, declared once (engine/settings.py): the CLI's options are built from it."""
+
+    backend: str = flag("torch", "torch for a run directory; onnxruntime/tensorrt for an export directory.",
+                        choices=("torch", "onnxruntime", "tensorrt"))
+    judge: str = flag(zoo.DEFAULT_JUDGE, "The network that grades forgetting (never in a loss); or an identity "
+                      "network (dlib-resnet-v1, arcface-mbf, edgeface-s, arcface-ir-se50:PATH.pth).")
+    require: str = flag("forgotten", "The verdict level that sets the exit code: forgotten at w_u, or also robust "
+                        "to re-inversion.", choices=LEVELS)
+    attackers: str = flag("all", "Re-inversion attackers, joined by commas: an identity network's name "
+                          "(dlib-resnet-v1, arcface-mbf, edgeface-s; train: the run's own) inverts with pixel MSE + "
+                          "perceptual + that network's identity distance; pixel: without an identity term. all: "
+                          "each network and pixel (the level robust needs all).")
+    attack_starts: int = flag(AttackConfig.starts, "Re-inversion attacks: starts from the prior per identity and "
+                              "attacker.")
+    attack_steps: int = flag(AttackConfig.steps, "Re-inversion attacks: Adam steps.")
+    attack_precision: str = flag(DEFAULT_PRECISION, "Networks' passes during the attack (docs/performance.md).",
+                                 choices=("bf16", "fp32"))
+    no_reinversion: bool = flag(False, "Skip the re-inversion attack (level robust is then not measured).",
+                                is_flag=True)
+    n_preserve: int = flag(256, "Random latents for preservation.")
+    device: str = flag("cpu", "Generators and attackers: cpu or cuda; the SFace judge runs on ONNX Runtime's CPU "
+                       "provider whatever it is.", shown="cuda when present")
+
+    def attack(self) -> AttackConfig:
+        return AttackConfig(starts=self.attack_starts, steps=self.attack_steps, precision=self.attack_precision)
+
+    def validate(self) -> None:
+        """Everything cheap, before any model is loaded."""
+        if self.n_preserve < 2:
+            raise GuideEngineError(f"--n-preserve {self.n_preserve}: needs at least 2")
+        if self.require not in LEVELS:
+            raise GuideEngineError(f"--require {self.require}: choose {' or '.join(LEVELS)}")
+        if self.require == "robust" and self.no_reinversion:
+            raise GuideEngineError("--require robust needs the re-inversion attack; drop --no-reinversion")
+        if self.attack_starts < 1 or self.attack_steps < 1:
+            raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
+        check_precision(self.attack_precision)
+
+
+def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str, ...] = (),
+               compare: tuple[Path, ...] = (), progress: bool = False) -> dict:
+    """Grade the run or export directory `run` with the settings `cfg` => the report (also written beside it).
+    `images`: photos the run forgot, for the attackers (default: the aligned crops it kept); `compare`: other runs
+    on the same base, for the targets' collapse. An export's runner keeps its own device."""
     t_start = time.perf_counter()
     run = Path(run)
-    if n_preserve < 2:
-        raise GuideEngineError(f"--n-preserve {n_preserve}: needs at least 2")
-    if require not in LEVELS:
-        raise GuideEngineError(f"--require {require}: choose {' or '.join(LEVELS)}")
-    if require == "robust" and not reinversion:
-        raise GuideEngineError("--require robust needs the re-inversion attack; drop --no-reinversion")
-    if attack.starts < 1 or attack.steps < 1:
-        raise GuideEngineError("--attack-starts and --attack-steps must be at least 1")
+    cfg.validate()
+    backend, judge, require, device = cfg.backend, cfg.judge, cfg.require, cfg.device
+    n_preserve, reinversion, attack, attackers = cfg.n_preserve, not cfg.no_reinversion, cfg.attack(), cfg.attackers
     if backend == "torch":
         G_u = rundir.load_generator(run, device)
         base_name, verified = G_u.name, G_u.verified
@@ -134,7 +171,7 @@ def verify_run(run: Path, backend: str = "torch", n_preserve: int = 256, compare
     book = ledger.read(run)
     folders = (run,) if backend == "torch" else (run, Path(runner.manifest["source"]))  # where aligned.png may be
     train_name = rundir.read_manifest(run).get("identity_network", zoo.DEFAULT_IDENTITY)
-    attackers = parse_attackers(attackers if isinstance(attackers, str) else ",".join(attackers), train_name)
+    attackers = parse_attackers(attackers, train_name)
     if require == "robust" and attackers != all_attackers(train_name):
         raise GuideEngineError(f"--require robust needs every attacker ({','.join(all_attackers(train_name))}); "
                                f"give --attackers all")

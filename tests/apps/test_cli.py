@@ -121,3 +121,26 @@ def test_written_files_follow_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_every_command_builds_its_options_from_its_config():
+    """unlearn, verify, export and serve declare each setting once, in their config; the CLI's options come from
+    those fields, each defaulting to "not given", typed as the field is."""
+    import click
+
+    from guide_engine.apps.serve import ServeConfig
+    from guide_engine.engine.settings import flag_name, flags, from_flags
+    from guide_engine.export.job import ExportConfig
+    from guide_engine.guide.config import UnlearnConfig
+    from guide_engine.guide.verify import VerifyConfig
+
+    for command, cls in (("unlearn", UnlearnConfig), ("verify", VerifyConfig), ("export", ExportConfig),
+                         ("serve", ServeConfig)):
+        params = {p.name: p for p in main.commands[command].params}
+        for f in flags(cls):
+            p = params[f.name]
+            assert p.default is None and flag_name(f) in p.opts, (command, f.name)
+            if f.default is not None and type(f.default) in (int, float) and not f.metadata["choices"]:
+                assert isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)), (command, f.name)
+        assert from_flags(cls, {p: None for p in params}) == cls()  # nothing given: the config's own defaults
+    assert from_flags(ServeConfig, {"max_wait_ms": 2.5, "guard": True}) == ServeConfig(max_wait_ms=2.5, guard=True)

@@ -103,11 +103,11 @@ def test_report_moved_onto_other_weights_is_refused(run, tiny_run_factory):
 
 
 def test_swapped_onnx_is_refused(run, tmp_path):
-    from guide_engine.export.job import export_job
+    from guide_engine.export.job import ExportConfig, export_job
 
     a, b = tmp_path / "a", tmp_path / "b"
-    export_job(str(run), a, max_batch=4)
-    export_job("digiface-dcgan64", b, max_batch=4)  # the pretrained generator's ONNX
+    export_job(str(run), a, ExportConfig(max_batch=4))
+    export_job("digiface-dcgan64", b, ExportConfig(max_batch=4))  # the pretrained generator's ONNX
     shutil.copy(b / "generator.onnx", a / "generator.onnx")
     for backend in ("onnxruntime", "auto"):
         _serve_refused(a, "generator.onnx", backend=backend)

@@ -10,13 +10,13 @@ from guide_engine.apps.cli import main
 from guide_engine.engine.backends import OnnxrtRunner, TorchRunner, open_runner
 from guide_engine.engine.errors import CheckFailed, GuideEngineError
 from guide_engine.export import parity
-from guide_engine.export.job import export_job
+from guide_engine.export.job import ExportConfig, export_job
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, generator):
     out = tmp_path_factory.mktemp("exp") / "fp32"
-    manifest = export_job("digiface-dcgan64", out, max_batch=64)
+    manifest = export_job("digiface-dcgan64", out, ExportConfig(max_batch=64))
     return out, manifest
 
 
@@ -39,7 +39,7 @@ def test_fp32_parity_at_1_7_64(exported, generator):
 
 
 def test_fp16_graph(tmp_path, generator):
-    manifest = export_job("digiface-dcgan64", tmp_path / "fp16", fp16=True, max_batch=8)
+    manifest = export_job("digiface-dcgan64", tmp_path / "fp16", ExportConfig(fp16=True, max_batch=8))
     p = manifest["artifacts"]["onnx"]["parity"]
     assert p["passed"] and p["psnr"] >= 40 and p["max_abs"] > 0  # really fp16: not bit-exact
     import onnx
@@ -52,7 +52,7 @@ def test_fp16_graph(tmp_path, generator):
 def test_failed_parity_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real export is bit-exact: parity must fail
     with pytest.raises(CheckFailed, match="parity failed"):
-        export_job("digiface-dcgan64", tmp_path / "x", max_batch=2)
+        export_job("digiface-dcgan64", tmp_path / "x", ExportConfig(max_batch=2))
     assert not list(tmp_path.iterdir())
 
 
@@ -104,7 +104,7 @@ def test_trt_parity(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (not installable on this CPU machine)")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    manifest = export_job("digiface-dcgan64", tmp_path / "t", trt=True, max_batch=16)
+    manifest = export_job("digiface-dcgan64", tmp_path / "t", ExportConfig(trt=True, max_batch=16))
     assert manifest["artifacts"]["tensorrt"]["parity"]["passed"]
 
 
@@ -148,7 +148,7 @@ def test_fastest_runner_routes_by_batch_size():
 def test_export_ships_a_throughput_table_and_auto_uses_it(tiny_run_factory, tmp_path, generator):
     run = tiny_run_factory(9)
     out = tmp_path / "exp"
-    manifest = export_job(str(run), out, max_batch=8)
+    manifest = export_job(str(run), out, ExportConfig(max_batch=8))
     t = manifest["throughput"]
     assert set(t) == {"onnxruntime", "torch"}
     assert all(set(r) == {"1", "7", "8"} and min(r.values()) > 0 for r in t.values())
