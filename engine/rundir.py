@@ -29,7 +29,6 @@ WEIGHTS = "generator.safetensors"
 PICKLE = "generator.pkl"
 CONFIG = "config.json"
 LEDGER = "identities.json"
-LEGACY_LEDGER = "identity.json"  # one identity per run, before the ledger
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -48,10 +47,6 @@ def partial(out: Path) -> Path:
     """Where a run works before it is published: OUT.partial/ beside OUT."""
     out = Path(out)
     return out.with_name(out.name + ".partial")
-
-
-def is_run(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
 
 
 def read_manifest(run: Path) -> dict:

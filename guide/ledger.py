@@ -29,7 +29,6 @@ import torch
 from ..engine.errors import GuideEngineError
 from ..engine.files import read_json
 from ..engine.rundir import LEDGER
-from ..engine.rundir import LEGACY_LEDGER as LEGACY
 
 
 def latent_hash(w_u: torch.Tensor) -> str:
@@ -45,20 +44,10 @@ def source_key(seed: int | None = None, photo_sha256: str | None = None, face: i
 
 
 def read(run: Path) -> dict:
-    """The ledger of a run or export directory (a pre-ledger `identity.json` reads as a ledger of one)."""
+    """The ledger of a run or export directory."""
     run = Path(run)
     if (run / LEDGER).is_file():
         return read_json(run / LEDGER)
-    if (run / LEGACY).is_file():
-        one = read_json(run / LEGACY)
-        how = one.get("latent", {})
-        entry = {k: one[k] for k in ("w_u", "w_t", "norm_w_u", "norm_w_t", "latent", "target_id_dist", "target_search")
-                 if k in one}
-        entry.update(identity_hash=latent_hash(torch.tensor(one["w_u"])), run=run.name, added=None,
-                     key=source_key(how.get("seed"), how.get("photo_sha256")))
-        return {k: one.get(k) for k in ("radius_r", "target_distance_d", "target_distance_rel",
-                                        "identity_distance_name")} \
-            | {"identities": [entry]}
     raise GuideEngineError(f"{run}: no {LEDGER}; give a directory made by `guide-engine unlearn` or `export`")
 
 

@@ -58,50 +58,36 @@ LOOK_FACES = 256  # how many
 
 @dataclass(frozen=True)
 class RobustConfig:
-    # Defaults chosen on dev identities 100-102 (the pool) and 5151 (the rounds; docs/robust.md): each line's
-    # alternative measured worse, or better on one identity and worse on another.
-    pool: int = 8  # attacker latents (4: the attack's best dlib distance 0.25-0.27 instead of 0.33-0.36; 0 beside
-    # the rounds, on 5151: as many attack starts under the judge's line, w_u less forgotten, fewer faces kept)
+    """The robust mode's settings. Each default is the best measured on identities the tests never use; what was
+    measured, and what the alternatives gave, is in docs/robust.md ("The settings and why")."""
+
+    # -- the in-loop attacker ---------------------------------------------------------------------------
+    pool: int = 8  # attacker latents, moved every iteration (4 let the attack come closer)
     steps: int = 2  # inversion steps of the pool per iteration
     lr: float = 0.05  # the attacker's step size (the inversion's)
-    reseed_every: int = 12  # iterations between re-seeding one pool member from the prior
-    # which member: oldest (round robin: each lives pool * reseed_every) | farthest (from the person)
-    reseed: str = "oldest"
-    margin_quantile: float = 0.075  # the hinge's margin: this quantile of the strangers' training-network distance
-    # (dlib: 0.45; the median 0.54 pushes the attacker's faces past most strangers and breaks 10-20% of other faces)
-    margin: float | None = None  # absolute; None = resolved from margin_quantile by the job (recorded in config.json)
-    weight: float = 10.0  # of the hinge (with the rounds on 5151, 2.5: kept 98.4% instead of 95.3%, pixel L1 1.1x
-    # GUIDE's instead of 1.6x, 1 of 64 attack starts under the line instead of 2; on seed 0: w_u 0.742 -> 0.879)
-    anchor: float = 0.0  # of the perceptual term toward G_s at the attacker's latents (1.0: it fights the hinge at
-    # the person's own latents and the judge's distance at w_u drops under the strangers' median)
-    preserve: int = 4  # extra random latents per iteration kept at G_s (full pair terms: MSE + perceptual + identity)
-    # (margin_quantile 0.2 with preserve 16, seeds 0-9: pixel L1 0.041 -> 0.032, same robustness, 8 forgotten at w_u
-    # instead of 9; with the search rounds on 5151, 4 / 8 / 16 rows at weight 4 / 8 / 16 kept 93.4% / 95.3% / 98.8%
-    # of other faces at pixel L1 2.1x / 1.6x / 1.1x GUIDE's, and let 0 / 2 / 3 of 64 attack starts under the line)
-    preserve_weight: float = 4.0  # of the preservation rows' mean (4.0 with 4 rows: their sum, as before). The weight
-    # is what keeps faces, not the rows: with the rounds on 5151, 16 rows at weight 4 / 8 kept 92.2% / 95.7% at pixel
-    # L1 0.096 / 0.077, as 4 / 8 summed rows did (93.4% / 95.3%, 0.099 / 0.076), and no more starts were stopped
+    reseed_every: int = 12  # iterations between drawing one pool member again from the prior
+    reseed: str = "oldest"  # which member: oldest (round robin) | farthest (from the person; measured worse)
+    # -- the hinge on what it finds ---------------------------------------------------------------------
+    margin_quantile: float = 0.075  # the margin: this quantile of the strangers' training-network distance (dlib:
+    # 0.45; the median pushes the attacker's faces past most strangers and breaks 10-20% of other faces)
+    margin: float | None = None  # absolute; None = resolved from margin_quantile by the job (in config.json)
+    weight: float = 10.0  # of the hinge
+    anchor: float = 0.0  # of a perceptual pull toward G_s at the attacker's latents (1.0 fights the hinge at w_u)
+    # -- keeping everyone else --------------------------------------------------------------------------
+    preserve: int = 4  # extra random latents per iteration held at G_s (GUIDE's pair terms)
+    preserve_weight: float = 4.0  # of their mean: the weight keeps faces, not the number of rows
+    # -- memory and search rounds (off by default: better on the development identity, worse held out) --
     replay: int = 0  # latents per iteration from the bank (where re-seeded members and search rounds ended), hinged
     bank_size: int = 64  # the bank keeps this many, the newest
-    search_every: int = 0  # > 0: a search round every this many iterations (its finds join the bank; needs replay).
-    # Off by default: on 5151 rounds every 50 (replay 8, bank 256) took the attack's starts under the judge's line
-    # from 11 of 64 to 1-3, but on seed 0 the best measured (preserve 8, weight 2.5) left 16 of 64, the pool alone 19,
-    # and on seed 1 26 of 64 (kept 98%), the pool alone 0 (kept 80%)
-    search_starts: int = 32  # fresh prior draws per search round
-    search_steps: int = 60  # inversion steps of a search round (300, verify's, with a round every 100 on 5151: w_u
-    # forgotten at 0.845 where every 60-step variant was not, 2 of 64 starts under the line, kept 93.8%, 1.6x the time;
-    # with the hinge at 2.5 on seed 0: 12 of 64 starts under the line, 16 with 60 steps, kept 100% either way)
+    search_every: int = 0  # > 0: a fresh batched attack every this many iterations, its finds banked (needs replay)
+    search_starts: int = 32  # prior draws per search round
+    search_steps: int = 60  # inversion steps per search round
+    screen: int = 0  # random latents per round looked at for the person's lookalikes (it would hinge strangers)
+    # -- the photo's look (off by default: robust on the development identities at 10-17x GUIDE's time) ---
     search_pixel: int = 0  # starts per search round of the attacker with no identity term (pixel MSE + perceptual)
-    pixel_quantile: float = 0.0  # > 0: hinge each hinged face's pixel + perceptual distance to the photo past this
-    # quantile of the pretrained generator's random faces' (per photo); its finds are banked too. Off by default:
-    # with the rounds at hinge 2.5, 32 pixel starts and q 0.05, 0 of 64 starts under the judge's line on 5151 and
-    # 5152 (the rounds alone 1 and 12), kept 95.7% / 98.0%, pixel L1 2.1x / 1.54x GUIDE's (raw MSE: 3.2x / 2.7x, a
-    # tint of every face, hence the recolouring); not yet measured held out
-    recolour: bool = False  # the identity hinge also sees each face recoloured to the photo's mean colour (the look
-    # hinge always does), so tinting every face is no way out of it (with the look on 5151: L1 2.1x -> 1.75x GUIDE's,
-    # 1 of 64 starts under the line instead of 0)
-    screen: int = 0  # random latents per search round looked at (no descent) for the person's lookalikes (on 5151,
-    # 12% of random faces are under the margin and 3% of those under the judge's line: it would hinge strangers)
+    pixel_quantile: float = 0.0  # > 0: also hinge each face's pixel + perceptual distance to the photo past this
+    # quantile of the pretrained generator's random faces'
+    recolour: bool = False  # the identity hinge also sees each face recoloured to the photo's mean colour
 
     def validate(self) -> None:
         from ..engine.errors import GuideEngineError
