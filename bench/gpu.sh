@@ -6,7 +6,8 @@
 #                               stages named after it in the same call run with all three
 #   bash bench/gpu.sh tests     the tests marked gpu (kernels compiled for this GPU, unlearn/verify/runner
 #                               on CUDA)
-#   bash bench/gpu.sh suite     the whole suite, 8 workers (CLI commands default to CUDA there)
+#   bash bench/gpu.sh suite     the whole suite, 8 workers (pytest-xdist, carried), GUIDE_ENGINE_DEVICE=cuda:
+#                               the CLI commands run on CUDA; the kernel tests interpret on CPU tensors
 #   bash bench/gpu.sh run       unlearn --seed 0 --device cuda with defaults, verify --device cuda on it;
 #                               the same unlearn with --cuda-graph
 #   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
@@ -14,7 +15,7 @@
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
 #   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults, the best measured
 #                               search rounds and those with the look hinge (docs/robust.md) on seeds
-#                               $SEEDS (default 0-9), verify's exam (both attackers, 32 x 300), $JOBS runs
+#                               $SEEDS (default 0-9), verify's exam (every attacker, 32 x 300), $JOBS runs
 #                               at a time (default 12); then the harder exam (16 x 500) on the last two
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
 #                               eg3d/ folder of a checkout of github.com/NVlabs/eg3d
@@ -26,6 +27,13 @@ mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 stage() { echo; echo "=== $1 ($(date +%H:%M:%S))"; }
+# verify's attackers: all of them where the ArcFace and EdgeFace files are in the cache (a second carry), else the
+# two that need only dlib; ATTACKERS=... overrides
+attackers() {
+  if [ -n "${ATTACKERS:-}" ]; then echo "$ATTACKERS"
+  elif [ -d "${GUIDE_ENGINE_HOME:-$HOME/.cache/guide-engine}/models/edgeface-s" ]; then echo all
+  else echo dlib-resnet-v1,pixel; fi
+}
 
 for what in "$@"; do
   case $what in
@@ -38,7 +46,12 @@ for what in "$@"; do
       export PATH=/tmp/site/bin:$PATH  # where pip put `guide-engine`
       export GUIDE_ENGINE_HOME=/tmp/guide-engine-home  # a copy: $GPU_DIR stays the size it travelled at
       rm -rf "$GUIDE_ENGINE_HOME" && cp -r "$GPU_DIR/home" "$GUIDE_ENGINE_HOME"
-      guide-engine models fetch || exit 1
+      if [ -d "$GPU_DIR-nets/home/models" ]; then  # the attackers' networks, carried by a second call
+        cp -r "$GPU_DIR-nets/home/models/." "$GUIDE_ENGINE_HOME/models/"
+      else
+        echo "note: no $GPU_DIR-nets: verify's ArcFace and EdgeFace attackers cannot run; carry it next"
+      fi
+      guide-engine models fetch $(ls "$GUIDE_ENGINE_HOME/models") || exit 1  # verifies what is here
       $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'on',
               torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
       ;;
@@ -47,8 +60,11 @@ for what in "$@"; do
       TRITON_INTERPRET=0 $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$RESULTS/tests-gpu.log" | tail -15
       ;;
     suite)
-      stage "the whole suite (kernels interpreted on CPU tensors, the rest on CUDA where it defaults to it)"
-      TRITON_INTERPRET=1 timeout ${SUITE_TIMEOUT:-480} $PY -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 \
+      stage "the whole suite (kernels interpreted on CPU tensors, the CLI's commands on CUDA)"
+      $PY -c "import xdist" 2> /dev/null || { echo "pytest-xdist is missing: run setup with .gpu/ first"; exit 1; }
+      # tests/conftest.py sets GUIDE_ENGINE_DEVICE=cpu only where it is unset: here the commands default to CUDA
+      GUIDE_ENGINE_DEVICE=cuda TRITON_INTERPRET=1 timeout ${SUITE_TIMEOUT:-480} $PY -m pytest -q -n 8 \
+        -p no:cacheprovider tests 2>&1 \
         | tee "$RESULTS/tests-all.log" | tail -25
       ;;
     run)
@@ -68,7 +84,7 @@ EOF
       done
       stage "verify --device cuda"
       t0=$SECONDS
-      guide-engine verify "$RESULTS/run0" --device cuda --quiet 2>&1 | tail -22
+      guide-engine verify "$RESULTS/run0" --device cuda --attackers "$(attackers)" --quiet 2>&1 | tail -30
       echo "verify wall $((SECONDS - t0)) s"
       ;;
     kernels)
@@ -87,14 +103,14 @@ EOF
         --out "$RESULTS/bench" --quiet 2>&1 | tail -30
       ;;
     robust)
-      stage "robust: GUIDE, defaults, search rounds, look hinge on seeds ${SEEDS:-0-9}, exam 32 x 300, both attackers"
+      stage "robust: GUIDE, defaults, search rounds, look hinge on seeds ${SEEDS:-0-9}, exam 32 x 300, $(attackers)"
       ROUNDS=search_every=50,replay=8,bank_size=256,preserve=8,preserve_weight=8,weight=2.5
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 32x300 \
-        --variant base: --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" \
+        --attackers "$(attackers)" --variant base: --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" \
         --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -50
       stage "robust: the harder exam, 16 x 500, on the search rounds and the look hinge"
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 16x500 \
-        --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" --no-guide \
+        --attackers "$(attackers)" --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" --no-guide \
         --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -20
       ;;
     eg3d)
