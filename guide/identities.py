@@ -135,7 +135,7 @@ def ledger_entries(G_s, id_net, sources: list[Source], cfg: UnlearnConfig, first
         if cfg.target == "extra":
             w_t, search = search_ufo_target(G_s, id_net, w_u, w_avg, d, cfg.target_search, cfg.target_angle,
                                             torch.Generator().manual_seed(cfg.seed + i),
-                                            qualify=looks.check if looks else None)
+                                            qualify=looks.target_check if looks else None)
             if search["widened"]:
                 note(f"{src.describe()}: no target candidate within {cfg.target_angle:g} degrees was a face the "
                      f"generator draws well; the search widened to {search['max_angle_deg']:g} degrees "

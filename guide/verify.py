@@ -211,7 +211,7 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
             row["unlearned_face"] = {"is_face": bool(seen["ok"][0]), "face_found": bool(seen["face"][0]),
                                      "in_look_range": bool(seen["in_look"][0]),
                                      "brightness": float(seen["brightness"][0]), "contrast": float(seen["contrast"][0]),
-                                     "what": looks.describe(seen)}
+                                     "detection_score": float(seen["score"][0]), "what": looks.describe(seen)}
             photo, target, own_photo = photos[i]
             if reinversion:
                 found = attacks[i]
@@ -229,6 +229,7 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
                   "training_network": metrics.network_info(train), "judge": metrics.network_info(jdg),
                   "attack_networks": {name: metrics.network_info(j) for name, j in nets.items()},
                   "look_range": {"brightness": list(looks.brightness), "contrast": list(looks.contrast),
+                                 "score_min": looks.score_min, "width": list(looks.width),
                                  "detected_frac": looks.detected_frac},
                   "licences": zoo.licence_notes([base_name, train.name, *nets]),
                   "identity": {key: v for key, v in rows[k].items() if key != "attack"},

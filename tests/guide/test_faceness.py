@@ -87,6 +87,6 @@ def test_a_latent_outside_the_shell_whose_far_side_is_dark_gets_a_face(generator
     before, _ = search_ufo_target(generator, identity, w_u, w_avg, r, 64, 30.0, torch.Generator().manual_seed(0))
     assert not looks.check(generator.synthesize(before))["ok"][0]  # the old choice: a smear
     w_t, info = search_ufo_target(generator, identity, w_u, w_avg, r, 64, 30.0, torch.Generator().manual_seed(0),
-                                  qualify=looks.check)
+                                  qualify=looks.target_check)
     assert looks.check(generator.synthesize(w_t))["ok"][0] and info["face"] is True
     assert info["candidates_face"] >= 1 and (w_t - w_avg).norm().item() == pytest.approx(r, rel=1e-4)
