@@ -1,18 +1,27 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both are idempotent.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel on this machine; on a CUDA host: make TORCH='torch>=2.4' demo
+# torch==2.13.0 from the public index is, on Linux, the CUDA build (several GB). For the CPU build give PyTorch's
+# own CPU wheel index: make TORCH_INDEX=<that index's URL> demo. On a CUDA host: make TORCH='torch>=2.4' demo
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 OUT ?= results/demo
 
-.PHONY: setup models demo lint test clean
+.PHONY: setup dev models demo lint test clean
 
+# setup: the engine alone (what `make demo` needs); dev: also the test tools (triton, dlib-bin, the serving and
+# Triton clients: Linux wheels), for `make test`
 setup: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[serve]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
@@ -26,7 +35,7 @@ demo: models
 	$(VENV)/bin/guide-engine verify $(OUT)/run
 	@echo "demo results: $(OUT)/samples.png, $(OUT)/run/before_after.png, $(OUT)/run/losses.png, $(OUT)/run/report.html (open it in a browser), $(OUT)/run/report.json"
 
-lint: setup
+lint: dev
 	$(VENV)/bin/ruff check .
 
 # Triton kernels run on CPU tensors through the interpreter in the tests.

@@ -13,8 +13,9 @@
 #   bash bench/gpu.sh kernels   Triton vs eager and torch.compile'd references; one unlearning iteration
 #                               with GUIDE_ENGINE_KERNELS=torch vs the kernels, each eager and as a CUDA graph
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
-#   bash bench/gpu.sh robust    the robust issue's table: GUIDE, --robust's defaults, the best measured
-#                               search rounds and those with the look hinge (docs/robust.md) on seeds
+#   bash bench/gpu.sh robust    the robust table: GUIDE, --robust's defaults, the best measured search
+#                               rounds, those with the look hinge, and the defaults trained with the
+#                               dlib + ArcFace ensemble (docs/robust.md) on seeds
 #                               $SEEDS (default 0-9), verify's exam (every attacker, 32 x 300), $JOBS runs
 #                               at a time (default 12); then the harder exam (16 x 500) on the last two
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
@@ -34,6 +35,8 @@ attackers() {
   elif [ -d "${GUIDE_ENGINE_HOME:-$HOME/.cache/guide-engine}/models/edgeface-s" ]; then echo all
   else echo dlib-resnet-v1,pixel; fi
 }
+# the robust mode defending with the networks the proof attacks with (docs/robust.md), where they are here
+ensemble() { [ "$(attackers)" = all ] && echo "--variant ens:identity=dlib-resnet-v1+arcface-mbf"; }
 
 for what in "$@"; do
   case $what in
@@ -106,7 +109,8 @@ EOF
       stage "robust: GUIDE, defaults, search rounds, look hinge on seeds ${SEEDS:-0-9}, exam 32 x 300, $(attackers)"
       ROUNDS=search_every=50,replay=8,bank_size=256,preserve=8,preserve_weight=8,weight=2.5
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 32x300 \
-        --attackers "$(attackers)" --variant base: --variant "rounds:$ROUNDS" --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" \
+        --attackers "$(attackers)" --variant base: --variant "rounds:$ROUNDS" \
+        --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" $(ensemble) \
         --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -50
       stage "robust: the harder exam, 16 x 500, on the search rounds and the look hinge"
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 16x500 \
