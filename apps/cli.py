@@ -1,5 +1,5 @@
-"""`guide-engine`: the command line. Each command is a few lines that call a library function;
-heavy imports happen inside the commands so that `--help` is instant."""
+"""`guide-engine`: the command line. Each command is a few lines that call a library function; the commands'
+configs load with this module (their options are built from them), everything else inside the commands."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +9,10 @@ import click
 
 from ..engine.errors import GuideEngineError
 from ..engine.models.zoo import DEFAULT_GENERATOR
+from ..export.job import ExportConfig
+from ..guide.config import UnlearnConfig
+from ..guide.verify import VerifyConfig
+from .serve import ServeConfig  # the configs: each command's options are built from its own when cli.py loads
 
 
 class _Group(click.Group):
@@ -150,30 +154,6 @@ def config_options(cls, exclude: tuple[str, ...] = ()):
     return decorate
 
 
-def _unlearn_config():
-    from ..guide.config import UnlearnConfig
-
-    return UnlearnConfig
-
-
-def _verify_config():
-    from ..guide.verify import VerifyConfig
-
-    return VerifyConfig
-
-
-def _export_config():
-    from ..export.job import ExportConfig
-
-    return ExportConfig
-
-
-def _serve_config():
-    from .serve import ServeConfig
-
-    return ServeConfig
-
-
 @main.command(short_help="Forget one or many identities (photos or seeds) with GUIDE.")
 @click.option("--seed", "seed_one", type=int, default=None, help="Forget the generator's own identity at this seed.")
 @click.option("--seeds", "seed_list", default=None, help="Several seeds, e.g. 3,17,42 or 0-9: one identity each.")
@@ -186,7 +166,7 @@ def _serve_config():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.partial/) with the flags it was "
               "started with.")
-@config_options(_unlearn_config())
+@config_options(UnlearnConfig)
 @nvlabs_options
 @quiet_option
 def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settings) -> None:
@@ -196,7 +176,6 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
     from ..engine.images import parse_seeds
     from ..engine.runtime import default_device
     from ..guide import distributed
-    from ..guide.config import UnlearnConfig
     from ..guide.identities import collect_sources
     from ..guide.job import unlearn_job
 
@@ -214,7 +193,7 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="Export to ONNX / TensorRT with parity checks.")
 @click.argument("source")
-@config_options(_export_config())
+@config_options(ExportConfig)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export directory [SOURCE/export].")
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
               help="Also write an NVIDIA Triton Inference Server model repository here.")
@@ -223,7 +202,7 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
 def export(source, out, triton_repo, **settings) -> None:
     """Export a run directory (or base model name) to ONNX / TensorRT, with parity checks."""
     from ..engine.settings import from_flags
-    from ..export.job import ExportConfig, export_job
+    from ..export.job import export_job
 
     cfg = from_flags(ExportConfig, settings)
     if out is None:
@@ -247,7 +226,7 @@ def export(source, out, triton_repo, **settings) -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command(short_help="Prove the identity is gone, to a judge and the attackers.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@config_options(_verify_config())
+@config_options(VerifyConfig)
 @click.option("--image", "images", multiple=True, help="A photo the run forgot: the attackers invert it (repeatable).")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False),
               help="Other runs on the same base (target collapse).")
@@ -264,7 +243,7 @@ def verify(run_dir, images, compare, as_json, **settings) -> None:
     from ..engine.runtime import default_device
     from ..engine.settings import from_flags
     from ..guide.report import summary_table
-    from ..guide.verify import VerifyConfig, verify_run
+    from ..guide.verify import verify_run
 
     cfg = from_flags(VerifyConfig, settings, device=default_device(settings["device"]))
     report = verify_run(Path(run_dir), cfg, images=images, compare=tuple(Path(c) for c in compare),
@@ -306,12 +285,11 @@ def bench(quick, backends, batches, source, unlearn_iters, out) -> None:
 @click.argument("source", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@config_options(_serve_config())
+@config_options(ServeConfig)
 @nvlabs_options
 def serve(source, host, port, **settings) -> None:
     """HTTP service for an unlearned generator (run or export directory)."""
     from ..engine.settings import from_flags
-    from .serve import ServeConfig
     from .serve import serve as run_server
 
     run_server(Path(source), from_flags(ServeConfig, settings), host, port)

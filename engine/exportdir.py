@@ -17,12 +17,9 @@ from pathlib import Path
 
 from .errors import GuideEngineError
 from .files import locked_partial, write_json
+from .rundir import partial  # OUT.partial/ beside OUT: the one rule for both folders
 
 MANIFEST = "export.json"
-
-
-def partial(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
 
 
 def is_export(folder: Path) -> bool:

@@ -27,13 +27,6 @@ BY_AGREEMENT = ("arcface-mbf", "edgeface-s", "dlib-resnet-v1")
 ATTACK_BATCH = 64  # rows (identities x starts) descended together; more go in further batches
 
 
-def members(name: str) -> tuple[str, ...]:
-    """An identity network's name => the zoo networks in it ('dlib-resnet-v1+arcface-mbf' => both)."""
-    from ..engine.models.ensemble import SEPARATOR
-
-    return tuple(name.split(SEPARATOR)) if not name.startswith("arcface-ir-se50:") else (name,)
-
-
 def all_attackers(train_name: str) -> tuple[str, ...]:
     """What verify attacks with by default, and what the level `robust` needs: one identity attacker per identity
     network of the zoo, the run's training network when it is not one of them (a path, an ensemble), and the
@@ -63,7 +56,9 @@ def parse_attackers(text: str, train_name: str) -> tuple[str, ...]:
 def outside_network(attacker: str, train_name: str) -> str | None:
     """The strongest zoo network that the attacker's loss never saw (the pixel attacker sees the training
     network's features), by BY_AGREEMENT; None when it saw them all."""
-    seen = set(members(train_name if attacker == PIXEL else attacker))
+    from ..engine.models.zoo import ensemble_parts
+
+    seen = set(ensemble_parts(train_name if attacker == PIXEL else attacker))
     return next((n for n in BY_AGREEMENT if n not in seen), None)
 
 

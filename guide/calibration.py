@@ -53,7 +53,7 @@ def calibrate(generator, net, base_sha: str) -> dict:
     if path.is_file():
         try:
             calib = json.loads(path.read_text())
-            if calib.pop("content_sha256", None) == _content_sha256(calib):
+            if calib.pop("content_sha256", None) == content_sha256(calib):
                 return calib
         except (OSError, ValueError, AttributeError):
             pass
@@ -78,11 +78,11 @@ def calibrate(generator, net, base_sha: str) -> dict:
                  None if net.threshold is None else (dist < net.threshold).float().mean().item(),
              "quantiles": [round(q, 6) for q in quantiles.tolist()],
              "mean_embedding": F.normalize(d, dim=1).mean(0).tolist()}
-    files.write_json(path, {**calib, "content_sha256": _content_sha256(calib)})
+    files.write_json(path, {**calib, "content_sha256": content_sha256(calib)})
     return calib
 
 
-def _content_sha256(calib: dict) -> str:
+def content_sha256(calib: dict) -> str:
     """The calibration's own hash, stored in its file: a file damaged or edited on disk is calibrated again."""
     return hashlib.sha256(json.dumps(calib, sort_keys=True).encode()).hexdigest()
 

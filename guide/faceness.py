@@ -12,7 +12,6 @@ unlearned face at w_u only approximates it and must still pass the plain check.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from ..engine import files
 from ..engine.models import zoo
 from ..engine.runtime import in_batches, synthesis_batch
-from .calibration import CALIB_SEEDS
+from .calibration import CALIB_SEEDS, content_sha256
 
 LOOK_VERSION = 3  # 2: the detection's score and box width; 3: a target's stricter range
 LOW, HIGH = 0.01, 0.99  # the look range and the face box's width: these quantiles of the generator's own faces
@@ -98,10 +97,6 @@ def _path(generator, base_sha: str) -> Path:
     return zoo.cache_home() / "calibration" / f"look__{name}__{base_sha[:16]}__v{LOOK_VERSION}.json"
 
 
-def _sha(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 @torch.no_grad()
 def look_range(generator, base_sha: str, detector=None) -> LookRange:
     """The generator's own faces (the calibration seeds): their look's 1st-99th percentiles; cached per base
@@ -110,7 +105,7 @@ def look_range(generator, base_sha: str, detector=None) -> LookRange:
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if saved.pop("content_sha256", None) == _sha(saved):
+            if saved.pop("content_sha256", None) == content_sha256(saved):
                 return _range(saved)
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -127,7 +122,7 @@ def look_range(generator, base_sha: str, detector=None) -> LookRange:
              "target": {"brightness": [float(np.quantile(b, TARGET_LOW)), float(np.quantile(b, TARGET_HIGH))],
                         "contrast": [float(np.quantile(c, TARGET_LOW)), float(np.quantile(c, TARGET_HIGH))],
                         "score_min": float(np.quantile(score, TARGET_SCORE))}}
-    files.write_json(path, {**saved, "content_sha256": _sha(saved)})
+    files.write_json(path, {**saved, "content_sha256": content_sha256(saved)})
     return _range(saved)
 
 

@@ -194,7 +194,7 @@ def write_run(work: Path, G_s, G_u, book: dict, cfg: UnlearnConfig, history: lis
     device = cfg.device
     rundir.write_manifest(work, {
         "engine_version": __version__, "generator": cfg.generator, "identity_network": cfg.identity,
-        "licences": {name: zoo.REGISTRY[name].licence for name in (cfg.generator, *cfg.identity.split("+"))
+        "licences": {name: zoo.REGISTRY[name].licence for name in (cfg.generator, *zoo.ensemble_parts(cfg.identity))
                      if name in zoo.REGISTRY},
         "base_sha256": book["base_sha256"], "result_sha256": state_sha256(G_u),
         "identities": [e["identity_hash"] for e in book["identities"]],

@@ -184,7 +184,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, nets: dict, photos: l
                    attackers: tuple[str, ...], targets: list[str], progress: bool = False,
                    w_u: torch.Tensor | None = None, radius: float | None = None) -> list[dict]:
     """Every identity's photo attacked by each re-inversion attacker (guide/attack.py): one identity attacker per
-    network named in `attackers` (`nets`: name => Judged, every zoo network and the training network, calibrated),
+    network named in `attackers` (`nets`: name => Judged, the training network and every zoo network, calibrated),
     and `pixel` (no identity term, the training network's features); none sees the judge. All identities' starts
     go in batches. The training network's identity attacker also runs on the pretrained generator, the reference.
     Per attacker, under the training network and the judge (`train_*`, `judge_*`): the best face's distance to the
@@ -214,7 +214,7 @@ def attack_figures(G_s, G_u, train: Judged, judge: Judged, nets: dict, photos: l
     out = []
     for i, photo in enumerate(photos):
         photo = photo.cpu()
-        refs = {name: j.desc(photo) for name, j in {**nets, train.name: train}.items()}
+        refs = {name: j.desc(photo) for name, j in nets.items()}  # nets holds the training network too
         ref_judge = judge.desc(photo)
         per, best, drawn_there = {}, {}, {}  # drawn_there: G_s at a best latent, once per (attacker, start)
         for kind in attackers:

@@ -8,20 +8,16 @@ it from `identity_network`.
 """
 from __future__ import annotations
 
-from ..engine.errors import GuideEngineError
 from ..engine.models import zoo
-from ..engine.models.ensemble import SEPARATOR, EnsembleIdentity
+from ..engine.models.ensemble import EnsembleIdentity
 from .calibration import calibrate
 
 
 def identity_network(name: str, generator, base_sha: str, device: str = "cpu"):
     """The identity network `name` (a zoo name, arcface-ir-se50:PATH, or an ensemble) for this generator."""
     crop = getattr(generator, "face_crop", None)
-    if SEPARATOR not in name or name.startswith("arcface-ir-se50:"):
+    if len(names := zoo.ensemble_parts(name)) == 1:
         return zoo.load_identity(name, device=device, face_crop=crop)
-    names = name.split(SEPARATOR)
-    if len(set(names)) != len(names) or not all(names):
-        raise GuideEngineError(f"--identity {name}: an ensemble names each network once, joined by '+'")
     parts = [zoo.load_identity(p, device=device, face_crop=crop) for p in names]
     units = [1.0 - calibrate(generator, p, base_sha)["strangers_cos_mean"] for p in parts]
     return EnsembleIdentity(parts, units).to(device)

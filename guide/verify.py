@@ -178,15 +178,15 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
     G_s = zoo.load_generator(base_name, device=device)
     base_sha = state_sha256(G_s)
     ledger.check_base(book, base_name, base_sha, run)
-    train_net, judge_net = identity_network(train_name, G_s, base_sha, device), zoo.load_judge(judge, device=device)
-    train = metrics.Judged(train_net, calibration.calibrate(G_s, train_net, base_sha))
-    jdg = metrics.Judged(judge_net, calibration.calibrate(G_s, judge_net, base_sha))
-    nets = {train.name: train}  # the attackers' networks and the networks outside their losses, calibrated
-    if reinversion:
-        for name in zoo.identity_names():
-            if name not in nets:
-                net = identity_network(name, G_s, base_sha, device)
-                nets[name] = metrics.Judged(net, calibration.calibrate(G_s, net, base_sha))
+    def judged(net) -> metrics.Judged:  # a network with its calibration on the base generator
+        return metrics.Judged(net, calibration.calibrate(G_s, net, base_sha))
+
+    judge_net = zoo.load_judge(judge, device=device)
+    jdg = judged(judge_net)
+    # the training network first, then (for the attackers and the networks outside their losses) the zoo's others
+    names = dict.fromkeys([train_name, *(zoo.identity_names() if reinversion else ())])
+    nets = {name: judged(identity_network(name, G_s, base_sha, device)) for name in names}
+    train = nets[train_name]
     looks = look_range(G_s, base_sha)
     # EG3D renders with random ray samples from the global RNG: seeded here, after everything is loaded and
     # calibrated, one artifact gets the same figures in every verify (the DCGAN draws nothing at random)

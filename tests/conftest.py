@@ -18,6 +18,26 @@ def _seed():
     yield
 
 
+class AxisToy:
+    """A toy generator and identity network in one, for the UFO target's search: 'images' are the latents
+    themselves (3-d), and the identity net weighs axis 1 ten times the others."""
+    resolution = 1  # protocols.Generator: what synthesis_batch sizes its batches by
+
+    def synthesize(self, w):
+        return w
+
+    def descriptors(self, x):
+        return x * torch.tensor([1.0, 10.0, 1.0])
+
+    def distance(self, a, b):
+        return (a - b).norm(dim=1)
+
+
+@pytest.fixture
+def axis_toy():
+    return AxisToy()
+
+
 @pytest.fixture(scope="session")
 def generator():
     from guide_engine.engine.models import zoo

@@ -230,11 +230,25 @@ def require(name: str) -> Path:
     return path
 
 
+def ensemble_parts(name: str) -> tuple[str, ...]:
+    """An identity network's name => the networks in it: an ensemble's members ('dlib-resnet-v1+arcface-mbf',
+    each named once), or the name alone (a path, `arcface-ir-se50:PATH`, may hold a '+' of its own)."""
+    from . import arcface
+    from .ensemble import SEPARATOR
+
+    if SEPARATOR not in name or name.startswith(arcface.PREFIX):
+        return (name,)
+    parts = tuple(name.split(SEPARATOR))
+    if len(set(parts)) != len(parts) or not all(parts):
+        raise GuideEngineError(f"--identity {name}: an ensemble names each network once, joined by '+'")
+    return parts
+
+
 def weights_sha256(name: str) -> str | None:
     """The SHA-256 of a model's weights file: the pinned one for registry models, the file's for paths; an
     ensemble's: of its members' joined by '+'."""
-    if "+" in name and not name.startswith("arcface-ir-se50:"):
-        shas = [weights_sha256(p) for p in name.split("+")]
+    if len(parts := ensemble_parts(name)) > 1:
+        shas = [weights_sha256(p) for p in parts]
         return None if None in shas else hashlib.sha256("+".join(shas).encode()).hexdigest()
     if name in REGISTRY:
         return REGISTRY[name].member_sha256
@@ -295,13 +309,10 @@ def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None, face_
     from ..crops import FFHQCrop
     from . import arcface
     from .dlib_resnet import DlibIdentity
-    from .ensemble import SEPARATOR, EnsembleIdentity
+    from .ensemble import EnsembleIdentity
     from .onnx_identity import SPECS, OnnxIdentity
 
-    if SEPARATOR in name and not name.startswith(arcface.PREFIX):
-        parts = name.split(SEPARATOR)
-        if len(set(parts)) != len(parts) or not all(parts):
-            raise GuideEngineError(f"--identity {name}: an ensemble names each network once, joined by '+'")
+    if len(parts := ensemble_parts(name)) > 1:
         return EnsembleIdentity([load_identity(p, device, face_crop) for p in parts], units).to(device or "cpu")
     if name.startswith(arcface.PREFIX):
         return arcface.load_arcface(name).to(device or "cpu")
@@ -325,9 +336,7 @@ def identity_names() -> tuple[str, ...]:
 
 def licence_notes(names) -> list[str]:
     """One line per model among `names` (ensembles split) whose terms limit it to non-commercial research."""
-    from .ensemble import SEPARATOR
-
-    seen = [p for n in names for p in str(n).split(SEPARATOR)]
+    seen = [p for n in names for p in ensemble_parts(str(n))]
     return [f"note: {n} is for non-commercial research only ({REGISTRY[n].licence})"
             for n in dict.fromkeys(seen) if n in REGISTRY and REGISTRY[n].non_commercial]
 

@@ -11,23 +11,8 @@ from guide_engine.guide.faceness import LookRange, look, look_range
 from guide_engine.guide.target import search_ufo_target, typical_radius
 
 
-class _Toy:
-    """'Images' are the latents; the identity net weighs axis 1 ten times the others (tests/guide/
-    test_losses_target.py's toy)."""
-    resolution = 1
-
-    def synthesize(self, w):
-        return w
-
-    def descriptors(self, x):
-        return x * torch.tensor([1.0, 10.0, 1.0])
-
-    def distance(self, a, b):
-        return (a - b).norm(dim=1)
-
-
-def test_only_qualified_candidates_are_chosen_and_the_search_widens():
-    toy, w_avg, w_u = _Toy(), torch.zeros(1, 3), torch.tensor([[3.0, 0.0, 0.0]])
+def test_only_qualified_candidates_are_chosen_and_the_search_widens(axis_toy):
+    toy, w_avg, w_u = axis_toy, torch.zeros(1, 3), torch.tensor([[3.0, 0.0, 0.0]])
     free, _ = search_ufo_target(toy, toy, w_u, w_avg, 2.0, 64, 30.0, torch.Generator().manual_seed(0))
     # qualified: candidates leaning to negative axis 1, the side the unqualified choice did not take
     side = -math.copysign(1.0, free[0, 1].item())

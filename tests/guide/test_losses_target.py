@@ -19,22 +19,8 @@ def test_ufo_target_formula():
         ufo_target(w_avg, w_avg, 1.0)
 
 
-class _AxisGenerator:
-    """'Images' are the latents themselves; the toy identity net weighs axis 1 ten times axis 0."""
-    resolution = 1  # protocols.Generator: what synthesis_batch sizes its batches by
-
-    def synthesize(self, w):
-        return w
-
-    def descriptors(self, x):
-        return x * torch.tensor([1.0, 10.0, 1.0])
-
-    def distance(self, a, b):
-        return (a - b).norm(dim=1)
-
-
-def test_identity_checked_target_stays_on_the_far_side_and_moves_away_from_the_person():
-    toy = _AxisGenerator()
+def test_identity_checked_target_stays_on_the_far_side_and_moves_away_from_the_person(axis_toy):
+    toy = axis_toy
     w_avg, w_u = torch.zeros(1, 3), torch.tensor([[3.0, 0.0, 0.0]])
     formula = ufo_target(w_u, w_avg, 2.0)
     w_t, info = search_ufo_target(toy, toy, w_u, w_avg, 2.0, 0, 30.0, torch.Generator().manual_seed(0))
