@@ -30,6 +30,9 @@ SCORE_LOW = 0.05  # the detection's score: at least this quantile of theirs (fac
 # A target must be a face with room to spare: the unlearned face at w_u only approximates it (a little blurrier,
 # a little brighter), and must still pass the check above. Its look within these quantiles, its score at least:
 TARGET_LOW, TARGET_HIGH, TARGET_SCORE = 0.05, 0.95, 0.25
+# Below this share of its own faces found, the detector does not see this generator's faces (a toy, another
+# domain, another size): the check would call every face a non-face, so it is not made, and the user is told.
+MIN_DETECTED = 0.5
 
 
 def look(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +64,15 @@ class LookRange:
     detected_frac: float
     n: int
     target: dict  # the stricter range a target must meet: brightness, contrast (5th-95th), score_min (25th)
+
+    @property
+    def usable(self) -> bool:
+        """Does the detector find this generator's own faces often enough for the check to mean anything?"""
+        return self.detected_frac >= MIN_DETECTED
+
+    def unusable_why(self) -> str:
+        return (f"the face detector finds a face in {self.detected_frac:.0%} of this generator's own {self.n} faces "
+                f"(the check needs {MIN_DETECTED:.0%})")
 
     def check(self, images: torch.Tensor, detector=None, as_target: bool = False) -> dict:
         """=> per image (N,) arrays: `face` (found as the generator's faces are), `in_look` (brightness and contrast
@@ -100,7 +112,8 @@ def _path(generator, base_sha: str) -> Path:
 @torch.no_grad()
 def look_range(generator, base_sha: str, detector=None) -> LookRange:
     """The generator's own faces (the calibration seeds): their look's 1st-99th percentiles; cached per base
-    generator state, with the file's content hash (a damaged or edited file is measured again)."""
+    generator state, with the file's content hash (a damaged or edited file is measured again). Check
+    `usable` before checking images against it."""
     path = _path(generator, base_sha)
     if path.is_file():
         try:
@@ -114,10 +127,11 @@ def look_range(generator, base_sha: str, detector=None) -> LookRange:
     b, c = look(x)
     score, width = detections(x, detector)
     found = score > 0
+    widths = width[found] if found.any() else np.zeros(1)  # no face found at all: the range is never used
     saved = {"generator": generator.name, "brightness": [float(np.quantile(b, LOW)), float(np.quantile(b, HIGH))],
              "contrast": [float(np.quantile(c, LOW)), float(np.quantile(c, HIGH))],
              "score_min": float(np.quantile(score, SCORE_LOW)),
-             "width": [float(np.quantile(width[found], LOW)), float(np.quantile(width[found], HIGH))],
+             "width": [float(np.quantile(widths, LOW)), float(np.quantile(widths, HIGH))],
              "detected_frac": float(found.mean()), "n": len(x),
              "target": {"brightness": [float(np.quantile(b, TARGET_LOW)), float(np.quantile(b, TARGET_HIGH))],
                         "contrast": [float(np.quantile(c, TARGET_LOW)), float(np.quantile(c, TARGET_HIGH))],

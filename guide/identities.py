@@ -126,6 +126,9 @@ def ledger_entries(G_s, id_net, sources: list[Source], cfg: UnlearnConfig, first
 
     w_avg = G_s.average_latent()
     looks = look_range(G_s, state_sha256(G_s)) if cfg.target == "extra" and cfg.target_search > 0 else None
+    if looks is not None and not looks.usable:
+        note(f"warning: {looks.unusable_why()}: targets are chosen without the face check", True)
+        looks = None
     entries, photos = [], []
     for i, src in enumerate(sources):
         w_u, how, photo = find_identity(G_s, id_net, src, cfg.invert_steps, progress, cfg.precision, calib)

@@ -140,7 +140,7 @@ def face_warnings(report: dict) -> list[str]:
     out = []
     for k, r in enumerate(report["identities"]):
         f = r.get("unlearned_face")
-        if f and not f["is_face"]:
+        if f and f["is_face"] is False:
             who = "the person" if report.get("n_identities", 1) == 1 else f"#{k} ({r.get('key')})"
             out.append(f"warning: at {who}'s w_u the unlearned generator draws no face the generator draws well "
                        f"({f['what']}): the person became a smear, not someone else")

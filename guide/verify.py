@@ -78,6 +78,18 @@ def attack_photos(book: dict, G_s, w_u: torch.Tensor, images: tuple[str, ...],
     return out
 
 
+def unlearned_face(looks, x_un: torch.Tensor) -> dict:
+    """Is the unlearned image at w_u a face (someone else), not a smear? `is_face` None: not checked (the
+    detector does not see this generator's faces)."""
+    if not looks.usable:
+        return {"is_face": None, "what": f"not checked: {looks.unusable_why()}"}
+    seen = looks.check(x_un)
+    return {"is_face": bool(seen["ok"][0]), "face_found": bool(seen["face"][0]),
+            "in_look_range": bool(seen["in_look"][0]), "brightness": float(seen["brightness"][0]),
+            "contrast": float(seen["contrast"][0]), "detection_score": float(seen["score"][0]),
+            "what": looks.describe(seen)}
+
+
 def drawn_figures(judge: metrics.Judged, photo: torch.Tensor, x_pre: torch.Tensor, source: str | None, how: str,
                   own_photo: bool, attack: dict | None) -> dict:
     """Did the pretrained generator draw the person in the photo before unlearning? Under the judge (which no
@@ -207,11 +219,7 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
             row, pics = metrics.identity_figures(G_s, infer, train, jdg, w_u[i:i + 1], r, views=views,
                                                  infer_view=G_u.synthesize if views else None)
             row = {"identity_hash": entry["identity_hash"], "key": entry.get("key"), "run": entry.get("run"), **row}
-            seen = looks.check(pics["x_un"])  # is the unlearned image at w_u a face (someone else), not a smear?
-            row["unlearned_face"] = {"is_face": bool(seen["ok"][0]), "face_found": bool(seen["face"][0]),
-                                     "in_look_range": bool(seen["in_look"][0]),
-                                     "brightness": float(seen["brightness"][0]), "contrast": float(seen["contrast"][0]),
-                                     "detection_score": float(seen["score"][0]), "what": looks.describe(seen)}
+            row["unlearned_face"] = unlearned_face(looks, pics["x_un"])
             photo, target, own_photo = photos[i]
             if reinversion:
                 found = attacks[i]

@@ -243,8 +243,9 @@ def test_cli_robust_and_its_refusal(tmp_path):
 def test_robust_composes_with_micro_batches(generator, identity, monkeypatch):
     """--micro-batch splits GUIDE's pairs into chunks whose gradients accumulate; the attacker's loss adds its own
     backward. Every Adam step (G_u's and the attacker's) gets the same gradients as in the run in one batch, and
-    the losses of both iterations agree. (Weights are not compared: Adam's first steps are lr * sign(g), so
-    rounding in near-zero gradients moves whole elements by lr.)"""
+    the first iteration's losses agree. (Weights are not compared: Adam's first steps are lr * sign(g), so
+    rounding in near-zero gradients moves whole elements by lr; the second iteration's losses, on those weights,
+    agree to 1%: on one CI machine the small global loss moved by 0.1%.)"""
     w_u = generator.latents_for_seeds([SEED])
     w_t = ufo_target(w_u, generator.average_latent(), 10.0)
     cfg = UnlearnConfig(iters=2, alpha_max=5.0, robust=RobustConfig(pool=2, steps=1, margin=0.6, preserve=1,
@@ -262,10 +263,12 @@ def test_robust_composes_with_micro_batches(generator, identity, monkeypatch):
         split = dataclasses.replace(cfg, micro_batch=micro_batch)
         histories.append(run_unlearning(generator, identity, w_u, w_t, split, progress=False)[1])
     assert len(steps[0]) == len(steps[1]) == 2 * (1 + cfg.robust.steps)  # per iteration: the attacker's, then G_u's
-    for whole, parts in zip(histories[0], histories[1]):
+    for it, rel in ((0, 1e-4), (1, 1e-2)):  # the history keeps 6 decimals: abs 2e-6
         for k in ("total", "local", "adj", "glob", "robust", "attack_dist"):
-            assert parts[k] == pytest.approx(whole[k], rel=1e-3, abs=1e-6), k
+            assert histories[1][it][k] == pytest.approx(histories[0][it][k], rel=rel, abs=2e-6), (it, k)
     for whole, parts in zip(steps[0][:2], steps[1][:2]):  # iteration 0: from the same weights
         for a, b in zip(whole, parts):
             assert a.abs().sum() > 0
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+            # float32 sums in another order (chunks, threads): 4e-5 of the norm on 2 threads; a chunk lost or
+            # scaled wrong is off by a tenth or more
+            assert (a - b).norm() <= 1e-3 * a.norm()

@@ -179,6 +179,8 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     r = CliRunner().invoke(main, ["unlearn", "--generator", f"nvlabs:{pkls['eg3d']}", *access, "--seed", "3",
                                   "--iters", "2", "--target-search", "4", "--out", str(run)])
     assert r.exit_code == 0, r.output
+    # the detector finds no face in the toy's drawings: the face check of targets is not made, and the user told
+    assert "targets are chosen without the face check" in r.output
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["generator"] == f"nvlabs:{pkls['eg3d']}" and cfg["target_search"] == 4
     sys.path.insert(0, str(code))
@@ -202,6 +204,8 @@ def test_unlearn_and_verify_an_nvlabs_pickle(nvlabs_code, tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert report["preservation"]["n"] == 16 and 0 <= report["preservation"]["same_person_frac"] <= 1
     assert report["identity"]["id_views"] == 11  # EG3D: the identity is judged over 11 yaw views
+    assert report["identity"]["unlearned_face"]["is_face"] is None  # not checked, and no smear warning
+    assert "not checked" in report["identity"]["unlearned_face"]["what"]
     r = CliRunner().invoke(main, ["verify", str(run), *access, "--no-reinversion", "--n-preserve", "16", "--json"])
     assert r.exit_code in (0, 1), r.output
     again = json.loads((run / "report.json").read_text())  # EG3D's random ray samples: seeded, the same figures
