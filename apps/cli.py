@@ -295,5 +295,32 @@ def serve(source, host, port, **settings) -> None:
     run_server(Path(source), from_flags(ServeConfig, settings), host, port)
 
 
+@main.command(short_help="Work through the forget requests of a state directory.")
+@click.argument("state_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--child", is_flag=True, hidden=True, help="Started by serve: lower priority, dies with it.")
+def worker(state_dir, child) -> None:
+    """Unlearn, verify and export the pending forget requests of STATE_DIR (what `serve --state-dir` starts
+    itself; run this on another host that shares the directory, with serve --no-worker)."""
+    from .worker import main as run_worker
+
+    run_worker(Path(state_dir), child=child)
+
+
+@main.command(short_help="Check an audit trail's hash chain.")
+@click.argument("path", type=click.Path(exists=True))
+def audit(path) -> None:
+    """Exit 0 when the audit trail (a state directory, or its audit.jsonl) is intact, 1 naming the first line
+    that is not."""
+    from ..engine import audit as trail
+
+    p = Path(path)
+    p = p / trail.AUDIT if p.is_dir() else p
+    n, bad, what = trail.check(p)
+    if bad is not None:
+        click.echo(f"{p}: line {bad} of {n}: {what}")
+        sys.exit(1)
+    click.echo(f"{p}: {n} lines, chain intact; head {trail.head(p)}")
+
+
 if __name__ == "__main__":
     main()

@@ -25,15 +25,21 @@ import io
 import math
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..engine import reports
 from ..engine.errors import GuideEngineError, IntegrityError
+from ..engine.models import zoo
 from ..engine.settings import flag
+from . import forget
 from .batcher import MicroBatcher, QueueFull
+from .forget_store import PENDING
 from .serve_metrics import Metrics, MetricsMiddleware
+from .worker import WorkerConfig, source_of
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,21 @@ class ServeConfig:
     allow_unverified: bool = flag(False, "Serve an artifact whose verification has not passed or does not match its "
                                   "files (said in /v1/model and the log).", is_flag=True)
     guard: bool = flag(False, "Withhold images that match an unlearned identity.", is_flag=True)
+    # forget requests over HTTP (apps/forget.py): on with both of these
+    admin_token_file: str | None = flag(None, "File holding the bearer token of /v1/forget (mode 600); with "
+                                        "--state-dir, turns the forget endpoints on.")
+    state_dir: str | None = flag(None, "Where forget requests, their runs and audit.jsonl live (owner-only).")
+    forget_require: str = flag("forgotten", "The verify level a batch of forget requests must pass to be deployed.",
+                               choices=("forgotten", "robust"))
+    forget_iters: int | None = flag(None, "Unlearn iterations per batch of forget requests.",
+                                    shown="the unlearn default for the ledger's size")
+    forget_max_bytes: int = flag(16 << 20, "Body limit of POST /v1/forget (a photo).")
+    triton_repo: str | None = flag(None, "A model's folder in a Triton model repository: each deployment also "
+                                   "writes its ONNX there as the next version.")
+    worker_threads: int | None = flag(None, "Threads of the forget worker (a child process at nice 10).",
+                                      shown="CPU count - 1")
+    no_worker: bool = flag(False, "Do not start the forget worker (run `guide-engine worker DIR` elsewhere).",
+                           is_flag=True)
 
     def __post_init__(self):
         if min(self.max_batch, self.max_per_request) < 1 or self.max_queue < self.max_per_request:
@@ -63,6 +84,12 @@ class ServeConfig:
         if self.max_body_bytes < 1024 or self.max_wait_ms < 0 or not (self.timeout_s > 0 and self.header_timeout_s > 0):
             raise GuideEngineError("serve: --max-body-bytes at least 1024, --timeout and --header-timeout above 0, "
                                    "--max-wait-ms at least 0")
+        if (self.admin_token_file is None) != (self.state_dir is None):
+            raise GuideEngineError("serve: forget requests need both --admin-token-file and --state-dir")
+        if (self.forget_iters is not None and self.forget_iters < 1) or self.forget_max_bytes < 1024 or \
+                (self.worker_threads is not None and self.worker_threads < 1):
+            raise GuideEngineError("serve: --forget-iters and --worker-threads at least 1, --forget-max-bytes at "
+                                   "least 1024")
 
 
 BINARY = {"type": "string", "format": "binary"}  # an OpenAPI body of raw bytes
@@ -90,8 +117,7 @@ def load_service(source: Path, cfg: ServeConfig):
     """=> (infer, latents_for_seeds, latent_shape, model_info, guard_fn or None). The files are checked
     against their records before they are used (engine/integrity.py), and the report against the files
     (engine/reports.py: check)."""
-    from ..engine import integrity, reports, rundir
-    from ..engine.models import zoo
+    from ..engine import integrity, rundir
     from ..engine.sampling import load_generator_source, resolve_backend
 
     source = Path(source)
@@ -248,11 +274,19 @@ def create_app(source: Path, cfg: ServeConfig):
                                "pip install 'guide-engine[serve]'") from None
     from . import serve_api as api
 
-    infer, latents_for_seeds, latent_shape, info, guard = load_service(source, cfg)
+    source, store = Path(source), None
+    served = source
+    if cfg.state_dir is not None:  # forget requests: the token first, then what the state directory serves now
+        token = forget.read_token(cfg.admin_token_file)
+        store, served = forget.open_state(Path(cfg.state_dir), source)
+        old = store.read_config() if (store.dir / "config.json").is_file() else {}
+        store.write_config({**old, **worker_config(cfg)})
+    infer, latents_for_seeds, latent_shape, info, guard = load_service(served, cfg)
     image_shape = tuple(infer(latents_for_seeds([0])).shape[1:])  # warm-up before ready
     metrics = Metrics()
     batcher = MicroBatcher(infer, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, metrics)
-    name = info["source"]
+    live = types.SimpleNamespace(info=info, guard=guard)  # what a hot swap replaces (with batcher.infer)
+    name = source.name  # the model's name stays when a forget request swaps new weights in
     GenerateRequest = api.generate_request_model(cfg.max_per_request, math.prod(latent_shape))
     components: dict = {}
     app = FastAPI(title="guide-engine", version="1",
@@ -290,10 +324,19 @@ def create_app(source: Path, cfg: ServeConfig):
             raise
         except GuideEngineError as e:  # the model refused these latents: the request's fault, said in one line
             raise ServeError(400, str(e)) from None
-        withheld = await asyncio.get_running_loop().run_in_executor(None, guard, images) if guard else \
-            [False] * len(images)
+        withheld = await asyncio.get_running_loop().run_in_executor(None, withheld_of, images)
         metrics.withheld.inc(sum(withheld))
         return images, withheld
+
+    def withheld_of(images: torch.Tensor) -> list[bool]:
+        """The --guard rule on the forgotten identities (the ledger's), and on pending forget requests always."""
+        ledger_guard = live.guard
+        out = ledger_guard(images) if ledger_guard else [False] * len(images)
+        if pending is not None:
+            for_pending = pending(images)
+            metrics.withheld_pending.inc(sum(p and not o for p, o in zip(for_pending, out)))
+            out = [o or p for o, p in zip(out, for_pending)]
+        return out
 
     @app.get("/healthz")
     async def healthz():
@@ -305,7 +348,7 @@ def create_app(source: Path, cfg: ServeConfig):
 
     @app.get("/v1/model")
     async def model():
-        return info
+        return live.info
 
     @app.post("/v1/generate", response_model=None, openapi_extra=_openapi_body(
                   GenerateRequest, components, "seeds or latents (flat lists), at most "
@@ -388,6 +431,30 @@ def create_app(source: Path, cfg: ServeConfig):
         content, headers = api.encode_v2(images.numpy(), name, req, binary)
         return Response(content, headers=headers, media_type=headers["content-type"])
 
+    pending = None
+    if store is not None:
+        pending = forget.PendingGuard(info["generator"], ((reports.read(served) or {}).get("judge") or {}).get(
+            "name", zoo.DEFAULT_JUDGE))
+        pending.set({r["id"]: pending.reference(source_of(r)) for r in store.with_state(*PENDING)
+                     if r["kind"] == "seed" or Path(r["photo_file"] or "").is_file()})
+
+        def load(target: Path):
+            new = load_service(target, cfg)
+            if tuple(new[0](new[1]([0])).shape[1:]) != image_shape:  # warm-up, and the same image shape
+                raise GuideEngineError(f"{target}: draws images of another shape; not swapped in")
+            return new
+
+        def swap(new) -> None:  # attribute assignments: a batch in flight keeps the infer it started with
+            batcher.infer, live.info, live.guard = new[0], new[3], new[4]
+            metrics.swaps.inc()
+            print(f"guide-engine serve: now serving {new[3]['source']} (weights {new[3]['weights_sha256'][:16]}...)",
+                  file=sys.stderr)
+
+        app.state.swapper = forget.Swapper(Path(cfg.state_dir), load, swap, pending)
+        app.state.swapper.start()
+        app.state.store = store
+        add_forget_routes(app, cfg, store, token, pending, error_models=errors)
+
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def prometheus():
@@ -403,6 +470,97 @@ def create_app(source: Path, cfg: ServeConfig):
 
     app.openapi = openapi
     return app
+
+
+def worker_config(cfg: ServeConfig) -> dict:
+    """The forget worker's settings that serve's flags own (STATE_DIR/config.json; the file's other settings, an
+    operator's, are kept: apps/worker.py: WorkerConfig)."""
+    return {"require": cfg.forget_require, "iters": cfg.forget_iters,
+            "triton_repo": str(Path(cfg.triton_repo).resolve()) if cfg.triton_repo else None,
+            "threads": cfg.worker_threads or WorkerConfig.threads}
+
+
+def add_forget_routes(app, cfg: ServeConfig, store, token: str, pending, error_models: dict) -> None:
+    """POST /v1/forget, GET /v1/forget, /v1/forget/{id}, /v1/forget/{id}/certificate (apps/forget.py)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    from ..engine.images import SEED_MAX
+
+    def admin(request) -> None:
+        if not forget.authorized(request.headers.get("authorization"), token):
+            raise ServeError(401, "give the admin token: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+
+    def known(request_id: str) -> dict:
+        row = store.get(request_id)
+        if row is None:
+            raise ServeError(404, f"no forget request {request_id!r}")
+        return row
+
+    responses = {s: error_models.get(s, {"model": error_models[400]["model"]}) for s in (400, 401, 404, 408, 413)}
+
+    @app.post("/v1/forget", status_code=202, responses={**responses, 415: responses[400], 422: responses[400]},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                      "image": BINARY, "face": {"type": "integer", "minimum": 0}}}},
+                  "application/json": {"schema": {"type": "object", "required": ["seed"], "properties": {
+                      "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX}}}}}}})
+    async def forget_post(request: Request):
+        admin(request)  # before the body: an unauthorised request stores nothing
+        deadline = time.monotonic() + cfg.timeout_s
+        body = await read_body(request, cfg.forget_max_bytes, deadline)
+        ctype = request.headers.get("content-type", "application/json")
+        loop = asyncio.get_running_loop()
+        try:
+            if ctype.startswith("multipart/form-data"):
+                fields = forget.parse_multipart(body, ctype)
+                if "image" not in fields:
+                    raise ServeError(400, 'multipart/form-data: give the photo in the field "image"')
+                face = fields.get("face", (b"", None))[0].decode("latin-1").strip() or None
+                if face is not None and not face.isdigit():
+                    raise ServeError(400, f"face {face!r}: 0 is the largest face, 1 the next, ...")
+                data, filename = fields["image"]
+                work = lambda: forget.prepare_photo(pending, store.photos, data, filename,  # noqa: E731
+                                                    None if face is None else int(face))
+                kind = "photo"
+            elif ctype.startswith("application/json"):
+                seed = forget.parse_seed(body)
+                work = lambda: forget.prepare_seed(pending, seed)  # noqa: E731
+                kind = "seed"
+            else:
+                raise ServeError(415, f"content-type {ctype.split(';')[0]!r}: give multipart/form-data (a photo) or "
+                                      f"application/json ({{\"seed\": N}})")
+        except GuideEngineError as e:
+            raise ServeError(400, str(e)) from None
+        try:
+            prepared = await asyncio.wait_for(loop.run_in_executor(None, work), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ServeError(408, f"the photo could not be checked within the request timeout ({cfg.timeout_s:g} s)"
+                             ) from None
+        except GuideEngineError as e:  # no face, not an image, too small: nothing kept
+            raise ServeError(422 if kind == "photo" else 400, str(e)) from None
+        row = forget.accept(store, pending, prepared)  # on the event loop: one writer of the server's connection
+        return JSONResponse({"id": row["id"], "state": row["state"], "status_url": f"/v1/forget/{row['id']}"},
+                            status_code=202)
+
+    @app.get("/v1/forget", responses=responses)
+    async def forget_list(request: Request):
+        admin(request)
+        return {"requests": [forget.status(r) for r in store.all()], "audit_head": store.audit_head()}
+
+    @app.get("/v1/forget/{request_id}", responses=responses)
+    async def forget_get(request_id: str, request: Request):
+        admin(request)
+        return forget.status(known(request_id))
+
+    @app.get("/v1/forget/{request_id}/certificate", responses={**responses, 409: responses[400]})
+    async def forget_certificate(request_id: str, request: Request):
+        admin(request)
+        row = known(request_id)
+        if row["state"] != "deployed":
+            raise ServeError(409, f"forget request {request_id} is {row['state']}: a certificate comes when it is "
+                                  f"deployed")
+        return forget.certificate(row, store.audit_head())
 
 
 def header_deadline_protocol(seconds: float):
@@ -457,10 +615,27 @@ def header_deadline_protocol(seconds: float):
     return HeaderDeadlineProtocol
 
 
+def start_worker(state_dir: Path):
+    """The forget worker as a child process (apps/worker.py: nice 10, fewer threads, dies with the server)."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "guide_engine.apps.cli", "worker", str(state_dir), "--child"])
+
+
 def serve(source: Path, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     app = create_app(source, cfg)
     import uvicorn
 
+    worker = start_worker(Path(cfg.state_dir)) if cfg.state_dir and not cfg.no_worker else None
+
     # SIGTERM / Ctrl-C: stop accepting, finish the requests in flight (at most the request timeout), exit
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.timeout_s),
-                http=header_deadline_protocol(cfg.header_timeout_s))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.timeout_s),
+                    http=header_deadline_protocol(cfg.header_timeout_s))
+    finally:
+        if worker is not None:  # its run resumes from its checkpoint when the server starts again
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except Exception:
+                worker.kill()

@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ..engine.errors import GuideEngineError
+from ..engine.images import SEED_MAX
 
-SEED_MAX = 2**31 - 1
 LATENT_ABS_MAX = 1e3
 INFER_HEADER = "Inference-Header-Content-Length"  # KServe v2 binary extension: JSON header length in bytes
 

@@ -1,5 +1,6 @@
 """The server's Prometheus metrics: requests by route template, method and status; latency; batch sizes; queue
-depth; inference time; images the guard withheld; requests refused for a full queue."""
+depth; inference time; images the guard withheld (for a forgotten identity, for a pending forget request); hot
+swaps; requests refused for a full queue."""
 from __future__ import annotations
 
 import time
@@ -24,6 +25,9 @@ class Metrics:
         self.infer = Histogram("guide_engine_inference_seconds", "seconds per generator call", registry=r,
                                buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.withheld = Counter("guide_engine_withheld_images", "images the guard withheld", registry=r)
+        self.withheld_pending = Counter("guide_engine_withheld_pending_images", "images withheld because they match "
+                                        "a pending forget request (and no forgotten identity)", registry=r)
+        self.swaps = Counter("guide_engine_swaps", "generators swapped in by deployed forget requests", registry=r)
         self.queue_full = Counter("guide_engine_queue_full", "requests answered 503: the queue was full", registry=r)
 
 

@@ -92,6 +92,9 @@ def save_stack(parts: list, path: str | Path, pad: int = 4) -> None:
     atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"))
 
 
+SEED_MAX = 2**31 - 1  # the largest seed a request may name (the server's and the forget service's bound)
+
+
 def seed_ranges(text: str) -> list[range]:
     """'0-3,7,10-11' => [range(0, 4), range(7, 8), range(10, 12)]: lazy, so '0-100000000' costs nothing."""
     ranges: list[range] = []

@@ -144,3 +144,21 @@ def test_every_command_builds_its_options_from_its_config():
                 assert isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)), (command, f.name)
         assert from_flags(cls, {p: None for p in params}) == cls()  # nothing given: the config's own defaults
     assert from_flags(ServeConfig, {"max_wait_ms": 2.5, "guard": True}) == ServeConfig(max_wait_ms=2.5, guard=True)
+
+
+def test_the_cli_loads_without_the_serve_extra():
+    """FastAPI, pydantic, starlette and uvicorn come with the `serve` extra only: every other command must work
+    without them (serve.py and the forget service import them where they serve)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('fastapi', 'pydantic', 'starlette', 'uvicorn'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from guide_engine.apps.cli import main\n"
+            "main(['models', 'list'], standalone_mode=False)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
