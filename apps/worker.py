@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import datetime
 import fcntl
 import os
 import shutil
@@ -47,6 +48,8 @@ class WorkerConfig:
     threads: int = max(1, (os.cpu_count() or 2) - 1)
     device: str = "cpu"
     unlearn: dict = dataclasses.field(default_factory=dict)  # other UnlearnConfig settings, e.g. {"lr": 2e-3}
+    gather_s: float = 10.0  # a batch starts this long after its first request arrived: requests close together
+    # (a user's several photos, an operator's list) share one run
 
 
 def weights_sha256(served: Path) -> str:
@@ -62,6 +65,11 @@ def source_run(served: Path) -> Path:
     """The run directory a served directory stands for (an export's source run)."""
     served = Path(served)
     return Path(exportdir.read_manifest(served)["source"]) if exportdir.is_export(served) else served
+
+
+def epoch(stamp: str) -> float:
+    """A store timestamp (forget_store.now) => seconds since the epoch."""
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
 
 
 def source_of(row: dict) -> Source:
@@ -99,7 +107,7 @@ class Worker:
             batch = running[0]["batch"]
         else:
             queued = store.with_state("queued")
-            if not queued:
+            if not queued or time.time() - min(epoch(r["created"]) for r in queued) < self.cfg.gather_s:
                 return False
             batch = store.next_batch()
             store.move([r["id"] for r in queued], "running", batch=batch)

@@ -32,7 +32,7 @@ from guide_engine.engine.errors import GuideEngineError  # noqa: E402
 
 FAST = ["--iters", "60", "--lr", "5e-4", "--target-search", "8"]
 FAST_WORKER = {"unlearn": {"lr": 5e-4, "target_search": 8, "invert_steps": 150, "checkpoint_every": 20}, "iters": 60,
-               "n_preserve": 64}
+               "n_preserve": 64, "gather_s": 0.0}
 SERVED_SEED, PHOTO_SEED, KILL_SEED = 7004, 7002, 7006
 
 
