@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..engine.errors import GuideEngineError
+from ..engine.faces import load_face, locate_face
 from ..engine.files import state_sha256
 from ..engine.images import SEED_MAX
 from ..engine.models import zoo
@@ -87,8 +88,6 @@ class PendingGuard:
 
     @torch.no_grad()
     def reference(self, src: Source) -> torch.Tensor:
-        from ..engine.faces import load_face
-
         if src.image is None:
             image = self.pretrained.synthesize(self.pretrained.latents_for_seeds([src.seed]))
         else:
@@ -227,8 +226,6 @@ def prepare_photo(guard: PendingGuard, folder: Path, data: bytes, filename: str 
                   face: int | None) -> Prepared:
     """A photo => its face found as `unlearn --image` finds it and its reference for the guard; GuideEngineError
     (=> 422) otherwise. The bytes are read from a private temp file in `folder`, removed before this returns."""
-    from ..engine.faces import locate_face
-
     suffix = photo_suffix(filename)
     tmp = folder / f".incoming-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}{suffix}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
