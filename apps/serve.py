@@ -33,6 +33,7 @@ import torch
 
 from ..engine import reports
 from ..engine.errors import GuideEngineError, IntegrityError
+from ..engine.images import SEED_MAX
 from ..engine.models import zoo
 from ..engine.settings import flag
 from . import forget
@@ -485,8 +486,6 @@ def add_forget_routes(app, cfg: ServeConfig, store, token: str, pending, error_m
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
-    from ..engine.images import SEED_MAX
-
     def admin(request) -> None:
         if not forget.authorized(request.headers.get("authorization"), token):
             raise ServeError(401, "give the admin token: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
@@ -539,6 +538,8 @@ def add_forget_routes(app, cfg: ServeConfig, store, token: str, pending, error_m
                              ) from None
         except GuideEngineError as e:  # no face, not an image, too small: nothing kept
             raise ServeError(422 if kind == "photo" else 400, str(e)) from None
+        except Exception as e:  # a photo the decoder or the detector cannot take: the request's fault, one line
+            raise ServeError(422, f"the photo could not be read ({type(e).__name__})") from None
         row = forget.accept(store, pending, prepared)  # on the event loop: one writer of the server's connection
         return JSONResponse({"id": row["id"], "state": row["state"], "status_url": f"/v1/forget/{row['id']}"},
                             status_code=202)
