@@ -7,7 +7,7 @@ GET  /v1/forget/{id}            {"id", "state", "created", "updated", "reason", 
 GET  /v1/forget/{id}/certificate  the verify report of the deployed weights, with the weights' SHA-256 before/after
 Every one needs `Authorization: Bearer <the token in F>` (401 otherwise, and nothing is stored).
 
-From the 202 on, the server withholds every image the judge matches to a pending person (`PendingGuard`: the
+From the 202 on, the server withholds every image the judge matches to a pending person (`JudgeGuard`: the
 same rule as --guard, against the photo's aligned face or the seed's pretrained face). The worker
 (apps/worker.py) unlearns, verifies and exports; `Swapper` then swaps the new generator in between two batches of
 the micro-batcher (a batch in flight finishes on the weights it started with) and marks the requests deployed.
@@ -75,15 +75,16 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[bytes, st
     return fields
 
 
-class PendingGuard:
-    """Withholds images the judge matches to a pending person: closer than the judge's strangers' 1st percentile
-    (calibrated on the pretrained generator) to the photo's aligned face, or to the seed's pretrained face."""
+class JudgeGuard:
+    """Withholds images the judge puts closer than its strangers' 1st percentile (calibrated on the pretrained
+    generator) to any of its references: the forgotten identities' pretrained faces (`serve --guard`), or each
+    pending forget request's photo (its aligned face) or seed (its pretrained face)."""
 
     def __init__(self, base_name: str, judge_name: str):
         self.judge = zoo.load_judge(judge_name)
         self.pretrained = zoo.load_generator(base_name)
         self.line = calibrate(self.pretrained, self.judge, state_sha256(self.pretrained))["strangers_dist_p1"]
-        self.refs: dict[str, torch.Tensor] = {}  # request id => the judge's descriptor; replaced, never edited
+        self.refs: dict[str, torch.Tensor] = {}  # key => the judge's descriptor; replaced, never edited
         self.lock = threading.Lock()
 
     @torch.no_grad()
@@ -107,11 +108,14 @@ class PendingGuard:
             self.refs = {k: v for k, v in self.refs.items() if k not in ended}
 
     def __call__(self, images: torch.Tensor) -> list[bool]:
+        return self.hits(self.judge.descriptors(images)) if self.refs else [False] * len(images)
+
+    def hits(self, d: torch.Tensor) -> list[bool]:
+        """The judge's descriptors of N images (N, D) => [withheld?]: all N x refs pairs in its own distance."""
         refs = self.refs
         if not refs:
-            return [False] * len(images)
+            return [False] * len(d)
         r = torch.stack(list(refs.values()))
-        d = self.judge.descriptors(images)
         dist = self.judge.distance(d.repeat_interleave(len(r), 0), r.repeat(len(d), 1)).view(len(d), len(r))
         return (dist.min(dim=1).values < self.line).tolist()
 
@@ -139,7 +143,7 @@ class Swapper(threading.Thread):
     the event loop), swaps it into the running service, and marks its requests deployed; keeps the pending
     guard's list equal to the pending requests."""
 
-    def __init__(self, state_dir: Path, load, swap, guard: PendingGuard):
+    def __init__(self, state_dir: Path, load, swap, guard: JudgeGuard):
         super().__init__(daemon=True, name="guide-engine-swapper")
         self.store = ForgetStore(state_dir)  # its own connection
         self.load, self.swap, self.guard = load, swap, guard
@@ -222,7 +226,7 @@ class Prepared:
     face: int | None = None
 
 
-def prepare_photo(guard: PendingGuard, folder: Path, data: bytes, filename: str | None,
+def prepare_photo(guard: JudgeGuard, folder: Path, data: bytes, filename: str | None,
                   face: int | None) -> Prepared:
     """A photo => its face found as `unlearn --image` finds it and its reference for the guard; GuideEngineError
     (=> 422) otherwise. The bytes are read from a private temp file in `folder`, removed before this returns."""
@@ -256,11 +260,11 @@ def parse_seed(body: bytes) -> int:
     return seed
 
 
-def prepare_seed(guard: PendingGuard, seed: int) -> Prepared:
+def prepare_seed(guard: JudgeGuard, seed: int) -> Prepared:
     return Prepared("seed", guard.reference(Source(seed=seed)), seed=seed)
 
 
-def accept(store: ForgetStore, guard: PendingGuard, p: Prepared) -> dict:
+def accept(store: ForgetStore, guard: JudgeGuard, p: Prepared) -> dict:
     """Store a prepared request (queued, audited) and guard it at once => its row."""
     row = store.add(p.kind, seed=p.seed, photo=p.photo, suffix=p.suffix, face=p.face,
                     photo_sha256=hashlib.sha256(p.photo).hexdigest() if p.photo is not None else None)

@@ -183,29 +183,19 @@ def _ledger_hashes(source: Path) -> list[str]:
         return []
 
 
-def _make_guard(source: Path, base, report):
-    """=> images => [withheld?]: the judge's distance to any ledger identity's pretrained image below the
-    strangers' 1st percentile (calibrated on the base generator, cached)."""
-    from ..engine.files import state_sha256
-    from ..engine.models import zoo
+def _make_guard(source: Path, base, report) -> forget.JudgeGuard:
+    """The --guard rule: the judge's distance to any ledger identity's pretrained image below the strangers' 1st
+    percentile (calibrated on the base generator, cached)."""
     from ..guide import ledger
-    from ..guide.calibration import calibrate
 
     try:
         book = ledger.read(source)
     except GuideEngineError as e:
         raise GuideEngineError(f"--guard needs the unlearned identities: {e}") from None
-    judge = zoo.load_judge(((report or {}).get("judge") or {}).get("name", zoo.DEFAULT_JUDGE))
-    pretrained = zoo.load_generator(base.name)
-    thr = calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
+    guard = forget.JudgeGuard(base.name, ((report or {}).get("judge") or {}).get("name", zoo.DEFAULT_JUDGE))
     with torch.no_grad():
-        refs = judge.descriptors(pretrained.synthesize(ledger.latents(book, tuple(base.latent_shape))))  # (L, D)
-
-    def guard(images: torch.Tensor) -> list[bool]:
-        d = judge.descriptors(images)  # (N, D); all N x L pairs in the judge's own distance
-        dist = judge.distance(d.repeat_interleave(len(refs), 0), refs.repeat(len(d), 1)).view(len(d), len(refs))
-        return (dist.min(dim=1).values < thr).tolist()
-
+        refs = guard.judge.descriptors(guard.pretrained.synthesize(ledger.latents(book, tuple(base.latent_shape))))
+    guard.set(dict(zip((e["identity_hash"] for e in book["identities"]), refs)))
     return guard
 
 
@@ -330,11 +320,17 @@ def create_app(source: Path, cfg: ServeConfig):
         return images, withheld
 
     def withheld_of(images: torch.Tensor) -> list[bool]:
-        """The --guard rule on the forgotten identities (the ledger's), and on pending forget requests always."""
+        """The --guard rule on the forgotten identities (the ledger's), and on pending forget requests always; the
+        images go through the judge once when both guards have the same one."""
         ledger_guard = live.guard
-        out = ledger_guard(images) if ledger_guard else [False] * len(images)
-        if pending is not None:
-            for_pending = pending(images)
+        if ledger_guard is None and (pending is None or not pending.refs):
+            return [False] * len(images)
+        first = ledger_guard or pending
+        d = first.judge.descriptors(images)
+        out = ledger_guard.hits(d) if ledger_guard else [False] * len(images)
+        if pending is not None and pending.refs:
+            same = pending.judge.name == first.judge.name
+            for_pending = pending.hits(d) if same else pending(images)
             metrics.withheld_pending.inc(sum(p and not o for p, o in zip(for_pending, out)))
             out = [o or p for o, p in zip(out, for_pending)]
         return out
@@ -434,7 +430,7 @@ def create_app(source: Path, cfg: ServeConfig):
 
     pending = None
     if store is not None:
-        pending = forget.PendingGuard(info["generator"], ((reports.read(served) or {}).get("judge") or {}).get(
+        pending = forget.JudgeGuard(info["generator"], ((reports.read(served) or {}).get("judge") or {}).get(
             "name", zoo.DEFAULT_JUDGE))
         pending.set({r["id"]: pending.reference(source_of(r)) for r in store.with_state(*PENDING)
                      if r["kind"] == "seed" or Path(r["photo_file"] or "").is_file()})

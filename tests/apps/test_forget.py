@@ -8,7 +8,6 @@ judge, line 0.803, with every random face kept); the identities are seeds 7002, 
 measures on others)."""
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from guide_engine.apps.forget_store import ForgetStore  # noqa: E402
 from guide_engine.apps.serve import ServeConfig, create_app  # noqa: E402
 from guide_engine.apps.worker import Worker, WorkerConfig  # noqa: E402
 from guide_engine.bench.photos import compose, generator_face  # noqa: E402
+from guide_engine.bench.serving import free_port  # noqa: E402
 from guide_engine.engine.errors import GuideEngineError  # noqa: E402
 
 FAST = ["--iters", "60", "--lr", "5e-4", "--target-search", "8"]
@@ -161,12 +161,6 @@ def test_a_photo_is_guarded_unlearned_swapped_in_and_certified(served, generator
     r = CliRunner().invoke(main, ["audit", str(state)])
     assert r.exit_code == 1 and "line 2 of 4" in r.output
     app.state.swapper.stopped.set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(served, state, token, port, log):
