@@ -9,7 +9,7 @@ POST /v2/models/{name}/infer   input `w` FP32 [N, *latent_shape] => output `imag
 GET  /metrics (Prometheus text), /openapi.json and /docs (the typed API)
 
 Concurrent requests are grouped by a micro-batcher (up to the max batch, or `max_wait_ms`) behind a
-bounded queue: when `max_queue` latents are already waiting, a request is answered 503 with Retry-After
+bounded queue: when `max_queue` latents are already waiting, a request is answered 429 with Retry-After
 at once. Bodies are limited while they are read (chunked ones too). Bad input gets a 4xx with a one-line
 `error` and never reaches the model. By default an artifact that did not pass the level its `verify`
 required is refused. `guard=True` embeds every image with the judge network (the one `verify` grades
@@ -55,7 +55,7 @@ class ServeConfig:
     max_body_bytes: int = flag(1 << 20, "Request body limit (413 beyond).")
     max_queue: int = flag(256, "Latents accepted and not yet answered; beyond it a request gets 503 + Retry-After "
                           "at once.")
-    timeout_s: float = flag(30.0, "Per-request timeout, seconds: the body, the queue and generation (408 / 504 past "
+    timeout_s: float = flag(30.0, "Per-request timeout, seconds: the body, the queue and generation (408 past "
                             "it).", name="--timeout")
     header_timeout_s: float = flag(10.0, "A request's line and headers must arrive within this many seconds, else "
                                    "the connection is closed.", name="--header-timeout")
@@ -284,7 +284,7 @@ def create_app(source: Path, cfg: ServeConfig):
                   description="An unlearned face generator: /v1 (this engine's API) and /v2 (KServe v2, as Triton).")
     app.state.batcher, app.state.metrics = batcher, metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    errors = {s: {"model": api.ErrorBody} for s in (400, 404, 408, 413, 503, 504)}
+    errors = {s: {"model": api.ErrorBody} for s in (400, 404, 408, 413, 429)}
 
     def error(status: int, msg: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status, headers=headers)
@@ -307,10 +307,10 @@ def create_app(source: Path, cfg: ServeConfig):
             images = await asyncio.wait_for(batcher.submit(w), max(0.0, deadline - time.monotonic()))
         except QueueFull:
             metrics.queue_full.inc()
-            raise ServeError(503, f"the queue is full ({cfg.max_queue} latents waiting); retry shortly",
+            raise ServeError(429, f"the queue is full ({cfg.max_queue} latents waiting); retry shortly",
                              {"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
-            raise ServeError(504, f"the request took longer than its timeout ({cfg.timeout_s:g} s)") from None
+            raise ServeError(408, f"the request took longer than its timeout ({cfg.timeout_s:g} s)") from None
         except ServeError:
             raise
         except GuideEngineError as e:  # the model refused these latents: the request's fault, said in one line

@@ -28,7 +28,7 @@ class Metrics:
         self.withheld_pending = Counter("guide_engine_withheld_pending_images", "images withheld because they match "
                                         "a pending forget request (and no forgotten identity)", registry=r)
         self.swaps = Counter("guide_engine_swaps", "generators swapped in by deployed forget requests", registry=r)
-        self.queue_full = Counter("guide_engine_queue_full", "requests answered 503: the queue was full", registry=r)
+        self.queue_full = Counter("guide_engine_queue_full", "requests answered 429: the queue was full", registry=r)
 
 
 class MetricsMiddleware:

@@ -1,5 +1,5 @@
 """Load on `guide-engine serve`, the way an operator would measure it: start the server as its own process,
-send requests at a fixed concurrency (one seed each, POST /v1/generate), report status codes, 503s,
+send requests at a fixed concurrency (one seed each, POST /v1/generate), report status codes, 429s (queue full),
 p50/p99 latency, images/s and the server's RSS before and after.
 
     python -m guide_engine.bench.serving RUN_DIR --requests 1000 --concurrency 32
@@ -74,7 +74,7 @@ async def load(url: str, concurrency: int, requests: int | None, seconds: float 
     lat = sorted(latencies)
     ok = codes.get(200, 0)
     return {"requests": len(lat), "concurrency": concurrency, "codes": {str(k): v for k, v in codes.items()},
-            "errors": len(lat) - ok - codes.get(503, 0), "503": codes.get(503, 0),
+            "errors": len(lat) - ok - codes.get(429, 0), "429": codes.get(429, 0),
             "p50_ms": round(1000 * lat[len(lat) // 2], 1),
             "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
             "images_per_s": round(ok / wall, 1), "wall_s": round(wall, 1)}
