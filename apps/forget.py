@@ -14,6 +14,7 @@ the micro-batcher (a batch in flight finishes on the weights it started with) an
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -75,15 +76,21 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[bytes, st
     return fields
 
 
+@functools.lru_cache(maxsize=2)
+def _guard_models(base_name: str, judge_name: str):
+    """The judge, the pretrained generator and the judge's strangers' p1 on it, loaded once per process: the
+    ledger's guard, the pending requests' guard and each swapped-in model's guard only read them."""
+    judge, pretrained = zoo.load_judge(judge_name), zoo.load_generator(base_name)
+    return judge, pretrained, calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
+
+
 class JudgeGuard:
     """Withholds images the judge puts closer than its strangers' 1st percentile (calibrated on the pretrained
     generator) to any of its references: the forgotten identities' pretrained faces (`serve --guard`), or each
     pending forget request's photo (its aligned face) or seed (its pretrained face)."""
 
     def __init__(self, base_name: str, judge_name: str):
-        self.judge = zoo.load_judge(judge_name)
-        self.pretrained = zoo.load_generator(base_name)
-        self.line = calibrate(self.pretrained, self.judge, state_sha256(self.pretrained))["strangers_dist_p1"]
+        self.judge, self.pretrained, self.line = _guard_models(base_name, judge_name)
         self.refs: dict[str, torch.Tensor] = {}  # key => the judge's descriptor; replaced, never edited
         self.lock = threading.Lock()
 

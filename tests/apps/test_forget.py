@@ -89,6 +89,17 @@ def test_token_file_and_flags_are_checked(served, tmp_path):
     assert r.exit_code == 2 and "readable by others" in r.output and "Traceback" not in r.output
 
 
+def test_the_guards_of_one_server_share_one_judge_and_one_pretrained_generator():
+    from guide_engine.apps.forget import JudgeGuard
+    from guide_engine.engine.models import zoo
+
+    names = (zoo.DEFAULT_GENERATOR, zoo.DEFAULT_JUDGE)
+    ledger, pending = JudgeGuard(*names), JudgeGuard(*names)
+    assert ledger.judge is pending.judge and ledger.pretrained is pending.pretrained and ledger.line == pending.line
+    ledger.set({"a": torch.zeros(128)})
+    assert pending.refs == {}  # the references are each guard's own
+
+
 def test_a_photo_is_guarded_unlearned_swapped_in_and_certified(served, generator, tmp_path):
     state = tmp_path / "state"
     app = create_app(served, ServeConfig(admin_token_file=str(token_file(tmp_path)), state_dir=str(state)))
