@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..engine import reports, rundir
 from ..engine.errors import GuideEngineError
 from ..engine.models.zoo import DEFAULT_GENERATOR
 from ..export.job import ExportConfig
@@ -186,8 +187,8 @@ def unlearn(seed_one, seed_list, images, face, images_dir, out, resume, **settin
     cfg = UnlearnConfig.from_flags({**settings, "device": default_device(settings["device"])})
     run = unlearn_job(Path(out), sources, cfg, resume=resume)
     if distributed.is_writer():  # under torchrun, rank 0 speaks for the job
-        click.echo(f"unlearned generator: {run}/generator.safetensors; ledger: {run}/identities.json; "
-                   f"before/after: {run}/before_after.png")
+        click.echo(f"unlearned generator: {run / rundir.WEIGHTS}; ledger: {run / rundir.LEDGER}; "
+                   f"before/after: {run / rundir.BEFORE_AFTER}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +257,8 @@ def verify(run_dir, images, compare, as_json, **settings) -> None:
                             "forgetting is claimed;",
                "not found": " the run's w_u is not the person in the photo (outcome: not found), so no forgetting "
                             "is claimed;"}.get(report["outcome"], "")
-        raise CheckFailed(f"verification failed (required level: {cfg.require}):{why} see {run_dir}/report.json")
+        raise CheckFailed(f"verification failed (required level: {cfg.require}):{why} see "
+                          f"{Path(run_dir) / reports.REPORT}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..engine.errors import GuideEngineError
 from ..engine.files import PRIVATE, atomic_write
 
 DB = "requests.db"
+CONFIG = "config.json"  # the worker's settings, written by serve
 STATES = ("queued", "running", "deployed", "refused", "failed")
 PENDING = ("queued", "running")
 MAX_ATTEMPTS = 2
@@ -196,12 +197,15 @@ class ForgetStore:
 
     # ---- the worker's settings ----
     def write_config(self, config: dict) -> None:
-        atomic_write(self.dir / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"),
+        atomic_write(self.dir / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"),
                      private=True)
 
+    def has_config(self) -> bool:
+        return (self.dir / CONFIG).is_file()
+
     def read_config(self) -> dict:
-        path = self.dir / "config.json"
+        path = self.dir / CONFIG
         if not path.is_file():
-            raise GuideEngineError(f"{self.dir}: no config.json; start `guide-engine serve ... --state-dir "
+            raise GuideEngineError(f"{self.dir}: no {CONFIG}; start `guide-engine serve ... --state-dir "
                                    f"{self.dir}` first")
         return json.loads(path.read_text())

@@ -270,7 +270,7 @@ def create_app(source: Path, cfg: ServeConfig):
     if cfg.state_dir is not None:  # forget requests: the token first, then what the state directory serves now
         token = forget.read_token(cfg.admin_token_file)
         store, served = forget.open_state(Path(cfg.state_dir), source)
-        old = store.read_config() if (store.dir / "config.json").is_file() else {}
+        old = store.read_config() if store.has_config() else {}
         store.write_config({**old, **worker_config(cfg)})
     infer, latents_for_seeds, latent_shape, info, guard = load_service(served, cfg)
     image_shape = tuple(infer(latents_for_seeds([0])).shape[1:])  # warm-up before ready

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from ..engine import rundir
+from ..guide import ledger
 from .serving import start_server
 
 
@@ -89,7 +91,7 @@ def main(run, seeds, photo_seeds, concurrency, rate, before_s, timeout_s, state_
     os.close(fd)
     auth = {"Authorization": f"Bearer {token.read_text()}"}
     log = open(work / "server.log", "wb")
-    n_before = len(json.loads((Path(run) / "identities.json").read_text())["identities"])
+    n_before = len(ledger.read(Path(run))["identities"])
     proc, port = start_server(run, ("--state-dir", str(state), "--admin-token-file", str(token), *serve_args),
                               stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +103,7 @@ def main(run, seeds, photo_seeds, concurrency, rate, before_s, timeout_s, state_
         t_end = time.monotonic() + before_s
         before = asyncio.run(_load(f"{url}/v1/generate", concurrency, rate, lambda: time.monotonic() > t_end, [], bool))
 
-        generator = zoo.load_generator(json.loads((Path(run) / "manifest.json").read_text())["generator"])
+        generator = zoo.load_generator(rundir.read_manifest(Path(run))["generator"])
         ids, t202 = {}, {}
         for s in seeds:
             r = httpx.post(f"{url}/v1/forget", json={"seed": s}, headers=auth, timeout=60)
