@@ -76,6 +76,17 @@ def test_careless_input_is_one_line_not_a_traceback(tmp_path, monkeypatch, args,
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
+def test_resume_of_a_complete_run_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")  # what a finished run has, and a .partial has not
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--out", "run", "--resume"])
+    assert r.exit_code == 2 and "it is complete; nothing to resume" in r.output, r.output
+    r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--out", "other", "--resume"])
+    assert r.exit_code == 2 and "no interrupted run at other.partial" in r.output and "complete" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_missing_parents_are_made_and_removed_again_when_the_run_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["unlearn", "--seed", "1", "--out", "a/b/run", "--identity", "nope"])
