@@ -5,7 +5,8 @@ while they are pending, unlearned, verified and swapped in, and report:
 
 - seconds from each 202 to `deployed` (or the state it ended in, with the reason);
 - /v1/generate p50/p99 before and during (one seed per request; every 10th asks for a pending person's seed);
-- the answers by status code during (5xx: none expected), and how many the guard withheld (451) while pending;
+- the answers by status code during (5xx: none expected), and how many the guard withheld (451) while pending,
+  of the persons' seeds and of strangers' apart;
 - the worker's settings, the ledger's size before, the server's swaps.
 
     python -m guide_engine.bench.forget RUN --seeds 8101,8102 --photo-seeds 8103 [--concurrency 4 --rate 10]
@@ -36,19 +37,24 @@ def _percentiles(lat: list[float]) -> dict:
             "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
 
 
-async def _load(url: str, concurrency: int, rate: float, until, people: list[int], pending) -> dict:
+async def _load(url: str, concurrency: int, rate: float, until, people: list[int], pending, transport=None) -> dict:
     """/v1/generate from `concurrency` clients at about `rate` requests/s in all, until `until()`; every 10th
-    request asks for a person's seed while `pending()`."""
+    request asks for a person's seed while `pending()`. Withheld answers are counted apart: the persons' seeds
+    (the guard at work) and strangers' (what it costs everyone else)."""
     import httpx
 
-    lat, codes, withheld, sent = [], {}, 0, 0
+    lat, codes, sent = [], {}, 0
+    withheld = {"persons": 0, "strangers": 0}
+    asked = {"persons": 0, "strangers": 0}
 
     async def one(client):
-        nonlocal sent, withheld
+        nonlocal sent
         while not until():
             await asyncio.sleep(max(0.0, concurrency / rate - (lat[-1] if lat else 0.0)))
             n, sent = sent, sent + 1
-            ask = people[n // 10 % len(people)] if people and n % 10 == 0 and pending() else 20_000 + n % 50_000
+            person = bool(people) and n % 10 == 0 and pending()
+            ask = people[n // 10 % len(people)] if person else 20_000 + n % 50_000
+            who = "persons" if person else "strangers"
             t0 = time.perf_counter()
             try:
                 code = (await client.post(url, json={"seeds": [ask]})).status_code
@@ -56,12 +62,14 @@ async def _load(url: str, concurrency: int, rate: float, until, people: list[int
                 code = type(e).__name__
             lat.append(time.perf_counter() - t0)
             codes[code] = codes.get(code, 0) + 1
-            withheld += code == 451
+            asked[who] += 1
+            withheld[who] += code == 451
 
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with httpx.AsyncClient(timeout=120, transport=transport) as client:
         await asyncio.gather(*[one(client) for _ in range(concurrency)])
     return {**_percentiles(lat), "codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
-            "5xx": sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500), "withheld_451": withheld}
+            "5xx": sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500),
+            "withheld_451": withheld, "asked": asked}
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -1,6 +1,7 @@
 """`bench --quick` on a tiny configuration writes all three files with real figures."""
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
@@ -98,3 +99,25 @@ def test_target_study_grades_the_picks_with_the_judge():
         r = next(v for k, v in rules.items() if k.startswith(name))
         assert 0 <= r["far_enough"] <= 2
         assert ceiling["judge_dist_mean"] >= r["judge_dist_mean"] - 1e-6
+
+
+def test_the_forget_bench_counts_withheld_persons_apart_from_strangers():
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    from guide_engine.bench.forget import _load
+
+    asked = []
+
+    def answer(request):  # the guard's stand-in: the person (seed 5) and one stranger's seed are withheld
+        seed = json.loads(request.content)["seeds"][0]
+        asked.append(seed)
+        return httpx.Response(451 if seed in (5, 20_003) else 200)
+
+    out = asyncio.run(_load("http://bench/v1/generate", 2, 1e6, lambda: len(asked) >= 40, [5], lambda: True,
+                            transport=httpx.MockTransport(answer)))
+    persons, strangers = asked.count(5), asked.count(20_003)
+    assert persons >= 4 and strangers == 1
+    assert out["asked"] == {"persons": persons, "strangers": len(asked) - persons}
+    assert out["withheld_451"] == {"persons": persons, "strangers": 1}
+    assert out["codes"] == {"200": len(asked) - persons - 1, "451": persons + 1}
