@@ -53,7 +53,7 @@ class ServeConfig:
     max_wait_ms: float = flag(5.0, "Micro-batch collection window, milliseconds.")
     max_per_request: int = flag(16, "Seeds or latents one request may ask for.")
     max_body_bytes: int = flag(1 << 20, "Request body limit (413 beyond).")
-    max_queue: int = flag(256, "Latents accepted and not yet answered; beyond it a request gets 503 + Retry-After "
+    max_queue: int = flag(256, "Latents accepted and not yet answered; beyond it a request gets 429 + Retry-After "
                           "at once.")
     timeout_s: float = flag(30.0, "Per-request timeout, seconds: the body, the queue and generation (408 past "
                             "it).", name="--timeout")
