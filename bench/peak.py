@@ -100,8 +100,9 @@ def at_least_measured(peaks: dict, precision: str, measured: float) -> dict:
     bound = peaks.get(precision)
     if bound is None or measured <= bound:
         return peaks
-    k = measured / bound
-    return {**{key: v * k for key, v in peaks.items() if key != "how" and v is not None},
+    k = measured / bound  # bound * k can round an ulp under `measured`: the precision measured gets it exactly
+    return {**{key: measured if key == precision else v * k for key, v in peaks.items()
+               if key != "how" and v is not None},
             "how": f"{peaks['how']}; x{k:.2f}: the measured fp32 matmul ran above this clock-based figure (the "
                    f"cores run faster than the clock the machine reports), so the measurement sets the bound"}
 

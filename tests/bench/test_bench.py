@@ -67,6 +67,9 @@ def test_the_bound_is_never_under_the_measurement():
     assert at_least_measured(peaks, "fp32", 90.0) is peaks  # under the bound: unchanged
     raised = at_least_measured(peaks, "fp32", 125.0)  # a VM's nominal clock under the boost clock
     assert raised["fp32"] == 125.0 and raised["bf16"] == 250.0 and "x1.25" in raised["how"]
+    bound, measured = 220154.0, 230485.78173334745  # bound * (measured / bound) is an ulp under measured
+    assert bound * (measured / bound) < measured
+    assert at_least_measured({"fp32": bound, "bf16": 2 * bound, "how": ""}, "fp32", measured)["fp32"] == measured
 
 
 def test_flop_count(generator):
