@@ -81,7 +81,7 @@ def check_reusable(run: Path, name: str, overrides: dict) -> None:
     """A finished run under OUT/runs is re-graded only if it was made with the settings asked for now."""
     from ..engine.errors import GuideEngineError
 
-    if not (run / rundir.MANIFEST).exists():
+    if not rundir.is_run(run):
         return
     iters, robust, identity = settings(name, overrides)
     made = json.loads((run / rundir.CONFIG).read_text())
@@ -106,7 +106,7 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     from ..guide.verify import VerifyConfig, verify_run
 
     run = Path(root) / "runs" / f"{name}_s{seed}"
-    if not (run / rundir.MANIFEST).exists():
+    if not rundir.is_run(run):
         iters, robust, identity = settings(name, overrides)
         unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust,
                                                              identity=identity), progress=False)

@@ -49,6 +49,11 @@ def partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def is_run(folder: Path) -> bool:
+    """A finished run directory: publish() renames OUT.partial to OUT only after the manifest is written."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
 def read_manifest(run: Path) -> dict:
     """The run's manifest.json, or {} for a directory that has none (written by an older engine)."""
     return read_json(run / MANIFEST) if (run / MANIFEST).is_file() else {}

@@ -47,7 +47,7 @@ def check_request(out: Path, sources: tuple[Source, ...], cfg: UnlearnConfig, re
     if not os.access(parent, os.W_OK | os.X_OK):
         raise GuideEngineError(f"--out {out}: cannot write in {parent} (read-only or not yours)")
     if resume and not rundir.partial(out).is_dir():
-        done = " (it is complete; nothing to resume)" if (out / rundir.MANIFEST).is_file() else ""
+        done = " (it is complete; nothing to resume)" if rundir.is_run(out) else ""
         raise GuideEngineError(f"--resume: no interrupted run at {rundir.partial(out)}{done}")
 
 
