@@ -80,7 +80,8 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[bytes, st
 def _guard_models(base_name: str, judge_name: str):
     """The judge, the pretrained generator and the judge's strangers' p1 on it, loaded once per process: the
     ledger's guard, the pending requests' guard and each swapped-in model's guard only read them."""
-    judge, pretrained = zoo.load_judge(judge_name), zoo.load_generator(base_name)
+    pretrained = zoo.load_generator(base_name)
+    judge = zoo.load_judge(judge_name, face_crop=getattr(pretrained, "face_crop", None))
     return judge, pretrained, calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
 
 

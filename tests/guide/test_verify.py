@@ -74,6 +74,12 @@ def test_calibration_cache_is_keyed_by_content_not_folder(tmp_path, monkeypatch)
                                            "93d0160c87fb4106" + "0" * 48)
     # as every cache has it
     assert default.name == f"digiface-dcgan64__dlib-resnet-v1__93d0160c87fb4106__v{calibration.CALIB_VERSION}.json"
+    # a network that cuts FFHQ frames with the five-point crop is calibrated apart from the same one cut whole
+    cut = [calibration.calibration_path(Named(name="nvlabs:eg3d.pkl"), Named(name="arcface-mbf", crop=crop), "f" * 64)
+           for crop in ("full", "five-point")]
+    ens = calibration.calibration_path(Named(name="nvlabs:eg3d.pkl"), Named(
+        name="dlib-resnet-v1+arcface-mbf", members=[Named(name="dlib-resnet-v1"), Named(crop="five-point")]), "f" * 64)
+    assert cut[0] != cut[1] and "five-point" in cut[1].name and "five-point" in ens.name
 
 
 def _grade(generator, infer, nets, w_u):

@@ -61,7 +61,8 @@ def test_the_zoo_crops_ffhq_frames_and_builds_ensembles():
     from guide_engine.engine.models.dcgan import DCGANGenerator
 
     assert zoo.load_identity("arcface-mbf", face_crop=DCGANGenerator.face_crop).crop == "full"
-    assert zoo.load_identity("arcface-mbf", face_crop=FFHQ).crop == "ffhq"
+    assert zoo.load_identity("arcface-mbf", face_crop=FFHQ).crop == "five-point"
+    assert zoo.load_judge(face_crop=FFHQ).crop == "five-point" and zoo.load_judge().crop == "full"
     ens = zoo.load_identity("dlib-resnet-v1+edgeface-s")
     assert isinstance(ens, EnsembleIdentity) and ens.dim == 128 + 512 and ens.name == "dlib-resnet-v1+edgeface-s"
     for bad in ("dlib-resnet-v1+dlib-resnet-v1", "dlib-resnet-v1+", "sface-2021dec"):

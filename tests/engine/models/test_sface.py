@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from guide_engine.apps.cli import main
 from guide_engine.engine.models import zoo
-from guide_engine.engine.models.sface import SFaceJudge
+from guide_engine.engine.models.sface import SFaceJudge, judge_input
 from guide_engine.guide.target import latents_around
 
 
@@ -51,7 +51,7 @@ def test_fixed_batch_graph_gives_the_same_rows(judge, faces):
 def test_preprocessing_is_bgr_0_255_at_112():
     red = torch.full((1, 3, 64, 64), -1.0)
     red[:, 0] = 1.0
-    x = SFaceJudge.to_input(red)
+    x = judge_input(red)
     assert x.shape == (1, 3, 112, 112) and x.dtype == np.float32
     # R is the last channel, on the 0-255 scale (to within the resize's rounding: with one CPU thread, bilinear
     # weights on a constant -1 give -0.99999994, 8e-6 on this scale)
