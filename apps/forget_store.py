@@ -15,7 +15,8 @@ its line.
 A request's life: queued -> running -> deployed | refused | failed. `running` requests belong to a batch; a batch
 whose run, verify and export are done waits as `running` with `deploy` set until the server serves it (the
 server then marks it deployed: deployed means served). A batch that failed verification sends back to `queued`
-the requests that were not the cause (at most MAX_ATTEMPTS batches each).
+the requests that were not the cause (at most MAX_ATTEMPTS batches each), and a person it did not forget once
+more with `push_past` set: a second try in a batch of its own kind, unlearned with `--push-past`.
 """
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ PENDING = ("queued", "running")
 MAX_ATTEMPTS = 2
 COLUMNS = ("id", "kind", "seed", "photo_sha256", "photo_file", "face", "state", "reason", "created", "updated",
            "batch", "attempts", "deploy", "certificate", "weights_sha256_before", "weights_sha256_after",
-           "identity_hash")
+           "identity_hash", "push_past")
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, seed INTEGER, photo_sha256 TEXT, photo_file TEXT, face INTEGER,
     state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})), reason TEXT,
     created TEXT NOT NULL, updated TEXT NOT NULL, batch TEXT, attempts INTEGER NOT NULL DEFAULT 0, deploy TEXT,
-    certificate TEXT, weights_sha256_before TEXT, weights_sha256_after TEXT, identity_hash TEXT);
+    certificate TEXT, weights_sha256_before TEXT, weights_sha256_after TEXT, identity_hash TEXT,
+    push_past INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -81,6 +83,9 @@ class ForgetStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(requests)")}
+        if "push_past" not in have:  # a state directory from before the second try: the column, default 0
+            self.db.execute("ALTER TABLE requests ADD COLUMN push_past INTEGER NOT NULL DEFAULT 0")
         for side in ("-wal", "-shm"):  # SQLite's own files beside the database
             if (p := db.with_name(DB + side)).exists():
                 os.chmod(p, PRIVATE)
@@ -153,7 +158,7 @@ class ForgetStore:
         row = {"id": rid, "kind": kind, "seed": seed, "photo_sha256": photo_sha256, "photo_file": photo_file,
                "face": face, "state": "queued", "reason": None, "created": t, "updated": t, "batch": None,
                "attempts": 0, "deploy": None, "certificate": None, "weights_sha256_before": None,
-               "weights_sha256_after": None, "identity_hash": None}
+               "weights_sha256_after": None, "identity_hash": None, "push_past": 0}
         audit.append(self.audit_path, {"request": rid, "event": "accepted", "kind": kind, "state": "queued",
                                        **({"seed": seed} if seed is not None else {}),
                                        **({"photo_sha256": photo_sha256} if photo_sha256 else {})})
@@ -177,7 +182,7 @@ class ForgetStore:
                 event = {"request": rid, "event": "state", "from": old["state"], "state": state}
                 event.update({k: v for k, v in {"reason": reason, **fields}.items()
                               if v is not None and k in ("reason", "batch", "weights_sha256_before",
-                                                         "weights_sha256_after", "identity_hash")})
+                                                         "weights_sha256_after", "identity_hash", "push_past")})
                 audit.append(self.audit_path, event)
                 cols = {"state": state, "reason": reason, "updated": t,
                         **{k: v for k, v in fields.items() if k in COLUMNS}}

@@ -107,6 +107,9 @@ class Worker:
             batch = running[0]["batch"]
         else:
             queued = store.with_state("queued")
+            if queued:  # second tries (push_past) and first ones go in batches of their own kind, the oldest first
+                oldest = min(queued, key=lambda r: epoch(r["created"]))
+                queued = [r for r in queued if r["push_past"] == oldest["push_past"]]
             if not queued or time.time() - min(epoch(r["created"]) for r in queued) < self.cfg.gather_s:
                 return False
             batch = store.next_batch()
@@ -142,10 +145,11 @@ class Worker:
         t0 = time.perf_counter()
         try:
             if not run.is_dir():
+                push = bool(cfg.unlearn.get("push_past")) or any(r["push_past"] for r in requests)
                 ucfg = UnlearnConfig(**{**cfg.unlearn, "generator": str(base_run), "iters": cfg.iters,
-                                        "device": cfg.device})
+                                        "device": cfg.device, "push_past": push})
                 self.log(f"{batch}: unlearning {len(todo)} identit{'y' if len(todo) == 1 else 'ies'} on top of "
-                         f"{served.name} ({len(forgotten)} in its ledger)")
+                         f"{served.name} ({len(forgotten)} in its ledger){' with --push-past' if push else ''}")
                 people = tuple({src.key(): src for src in todo.values()}.values())  # one person asked twice: once
                 work = rundir.partial(run)
                 resume = (work / rundir.CHECKPOINT).is_file()  # interrupted after a checkpoint: resumed
@@ -190,22 +194,32 @@ class Worker:
         self.log(f"{batch}: verified and ready in {time.perf_counter() - t0:.0f} s; the server swaps it in")
 
     def refuse(self, batch: str, todo: dict, rows: dict, report: dict) -> None:
-        """A batch that failed verify deploys nothing: the requests that caused it are refused (or failed), the
-        others go back to the queue for a batch without them (at most MAX_ATTEMPTS times)."""
+        """A batch that failed verify deploys nothing: a person it did not forget goes back to the queue once for a
+        second try with --push-past (docs/many.md: it forgets about half of those the defaults leave), the
+        requests it cannot be (not drawn, not found, not forgotten on the second try) are refused, those that
+        failed with a whole batch fail, and the others go back to the queue for a batch without them (at most
+        MAX_ATTEMPTS times)."""
         store = self.store
         own = {rid: why_not(rows.get(src.key(), {}), report["thresholds"]) for rid, src in todo.items()}
         kept = report["preservation"]["same_person_frac"]
         common = None if any(own.values()) else (
             f"verify failed (level {report['required']}): random faces kept {kept:.3f}" if kept < reports.MIN_KEPT
             else f"verify failed (level {report['required']}): outcome {report.get('outcome')}")
+        pushed_already = bool(self.cfg.unlearn.get("push_past"))
         for rid, why in own.items():
-            if why:
-                store.move([rid], "refused", why)
-            elif common or store.get(rid)["attempts"] + 1 >= MAX_ATTEMPTS:
+            row = store.get(rid)
+            if why and why.startswith("not forgotten") and not (pushed_already or row["push_past"]) \
+                    and row["attempts"] + 1 < MAX_ATTEMPTS:
+                store.move([rid], "queued", f"{batch}: {why}; queued again for a second try with --push-past",
+                           batch=None, attempts=row["attempts"] + 1, push_past=1)
+            elif why:
+                tried = why.startswith("not forgotten") and (pushed_already or row["push_past"])
+                store.move([rid], "refused", why + (" (with --push-past too)" if tried else ""))
+            elif common or row["attempts"] + 1 >= MAX_ATTEMPTS:
                 store.move([rid], "failed", common or f"{batch}: verify failed on other requests, twice")
             else:
                 store.move([rid], "queued", f"{batch} failed on other requests; queued again", batch=None,
-                           attempts=store.get(rid)["attempts"] + 1)
+                           attempts=row["attempts"] + 1)
         self.log(f"{batch}: verify failed; nothing deployed")
 
     def run_forever(self, stop=lambda: False) -> None:

@@ -255,9 +255,11 @@ def test_sigkill_mid_run_then_finished_after_restart_with_no_5xx_through_the_swa
         log.close()
 
 
-def test_a_failed_batch_refuses_its_cause_and_queues_the_others_again(tmp_path):
-    """verify failed on one person of three: that one is refused with the reason, the two others go back to the
-    queue; when it fails again they fail (MAX_ATTEMPTS); nothing is deployed. Every change is in the trail."""
+def test_a_failed_batch_retries_its_cause_with_push_past_then_refuses_it_and_queues_the_others(tmp_path):
+    """verify failed on one person of three, not forgotten: that one goes back to the queue once for a second try
+    with --push-past, the two others go back too; when its second try fails it is refused with the reason. A
+    person the generator never drew is refused at once; a request failing twice with others fails (MAX_ATTEMPTS);
+    nothing is deployed. Every change is in the trail."""
     from guide_engine.guide.identities import Source
 
     store = ForgetStore(tmp_path / "state")
@@ -271,19 +273,78 @@ def test_a_failed_batch_refuses_its_cause_and_queues_the_others_again(tmp_path):
     worker = Worker(store, WorkerConfig(), log=lambda m: None)
     store.move(list(todo), "running", batch="batch-0001")
     worker.refuse("batch-0001", todo, verdict, report)
-    states = {r["seed"]: (r["state"], r["reason"]) for r in store.all()}
-    assert states[2][0] == "refused" and "not forgotten" in states[2][1] and "0.410" in states[2][1]
-    assert states[1][0] == states[3][0] == "queued" and store.meta("deploy_next") is None
+    states = {r["seed"]: (r["state"], r["reason"], r["push_past"]) for r in store.all()}
+    assert states[2][0] == "queued" and states[2][2] == 1 and "0.410" in states[2][1] and "--push-past" in states[2][1]
+    assert states[1][:2] == states[3][:2] == ("queued", "batch-0001 failed on other requests; queued again")
+    assert states[1][2] == states[3][2] == 0 and store.meta("deploy_next") is None
+    second = {rid: src for rid, src in todo.items() if src.seed == 2}
+    store.move(list(second), "running", batch="batch-0002")
+    worker.refuse("batch-0002", second, verdict, report)
+    reason = store.get(next(iter(second)))["reason"]
+    assert store.get(next(iter(second)))["state"] == "refused" and reason.startswith("not forgotten")
+    assert "0.410" in reason and reason.endswith("(with --push-past too)")
     again = {rid: src for rid, src in todo.items() if src.seed != 2}
-    store.move(list(again), "running", batch="batch-0002")
-    worker.refuse("batch-0002", again, {**verdict, Source(seed=1).key(): {"forgotten": True, "drawn": False,
+    store.move(list(again), "running", batch="batch-0003")
+    worker.refuse("batch-0003", again, {**verdict, Source(seed=1).key(): {"forgotten": True, "drawn": False,
                                                                           "photo_judge_dist_at_w_u": 0.7,
                                                                           "drawn_line": 0.56}}, report)
     states = {r["seed"]: (r["state"], r["reason"]) for r in store.all()}
     assert states[1][0] == "refused" and states[1][1].startswith("not drawn")
     assert states[3][0] == "failed" and "twice" in states[3][1]
     n, bad, _ = __import__("guide_engine.engine.audit", fromlist=["check"]).check(store.audit_path)
-    assert bad is None and n == 3 + 3 + 3 + 2 + 2  # accepted, running, outcome, running, outcome
+    assert bad is None and n == 3 + 3 + 3 + 1 + 1 + 2 + 2  # accepted, running, outcome, the second try, the rest
+    assert '"push_past":1' in store.audit_path.read_text()  # the second try is in the trail
+
+
+def test_second_tries_run_in_batches_of_their_own_with_push_past(tmp_path, monkeypatch):
+    """The worker takes the oldest queued request's kind (first try or second) and only that kind into a batch; a
+    batch with a second try in it is unlearned with --push-past, one without it at the worker's settings."""
+    import guide_engine.apps.worker as worker_mod
+
+    store = ForgetStore(tmp_path / "state")
+    first, second, third = (store.add("seed", seed=s) for s in (11, 12, 13))
+    store.move([first["id"]], "queued", "retry", push_past=1)  # the oldest is a second try
+    for row, stamp in ((first, "2026-01-01T00:00:00+0000"), (second, "2026-01-01T00:00:01+0000"),
+                       (third, "2026-01-01T00:00:02+0000")):
+        store.db.execute("UPDATE requests SET created = ? WHERE id = ?", (stamp, row["id"]))
+    worker = Worker(store, WorkerConfig(gather_s=0), log=lambda m: None)
+    batches = []
+    monkeypatch.setattr(worker, "run_batch", lambda batch: batches.append(
+        sorted(r["seed"] for r in store.in_batch(batch))))
+    assert worker.step() and batches == [[11]]
+    store.move([first["id"]], "failed", "done with")
+    assert worker.step() and batches[-1] == [12, 13]
+
+    seen = {}
+    def fake_unlearn(run, people, cfg, **kw):  # the config the batch's run is made with, then stop there
+        seen["push_past"] = cfg.push_past
+        raise worker_mod.GuideEngineError("stop here")
+    monkeypatch.setattr(worker_mod, "unlearn_job", fake_unlearn)
+    monkeypatch.setattr(worker_mod.ledger, "read", lambda run: {"identities": []})
+    monkeypatch.setattr(worker, "served", lambda: tmp_path / "served")
+    monkeypatch.setattr(worker_mod, "source_run", lambda served: served)
+    for push, seed in ((1, 21), (0, 22)):
+        row = store.add("seed", seed=seed)
+        store.move([row["id"]], "running", batch=f"b{seed}", push_past=push)
+        worker_mod.Worker.run_batch(worker, f"b{seed}")
+        assert seen.pop("push_past") is bool(push) and store.get(row["id"])["state"] == "failed"
+
+
+def test_a_state_directory_from_before_the_second_try_gains_its_column(tmp_path):
+    import sqlite3
+
+    from guide_engine.apps import forget_store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / forget_store.DB)
+    old.executescript(forget_store.SCHEMA.replace(",\n    push_past INTEGER NOT NULL DEFAULT 0", ""))
+    old.execute("INSERT INTO requests (id, kind, seed, state, created, updated) VALUES ('a', 'seed', 5, 'queued', "
+                "'t', 't')")
+    old.commit()
+    old.close()
+    store = ForgetStore(state)
+    assert store.get("a")["push_past"] == 0 and store.add("seed", seed=6)["push_past"] == 0
 
 
 def test_each_deployment_is_the_next_version_of_a_triton_model_folder(tmp_path):
