@@ -12,17 +12,18 @@ kept >= 95% by both networks, pixel L1 within 1.5x GUIDE's, and unlearning wall 
 A variant is NAME:key=value,... over RobustConfig's fields (guide/robust.py); `iters=` sets the run's
 iteration count and `identity=` its training network (`identity=dlib-resnet-v1+arcface-mbf`: an ensemble).
 GUIDE alone (no robust mode) runs as the variant `guide` (`--variant guide:iters=N` to change its iterations,
-`--no-guide` to leave it out). Results go to OUT/results.jsonl
-a line per (variant, seed, exam) as each finishes; a second call with the same OUT reuses finished runs, so
-a sweep cut short resumes, and `--attack 16x500` (the harder exam) or `--attackers pixel` re-grades finished
-runs (OUT/runs holds the generators). Timings are only comparable between runs that shared the machine the
-same way (--jobs).
+`--no-guide` to leave it out). Results go to OUT/results.jsonl, a line per (variant, seed, exam) as each
+finishes; a second call with the same OUT reuses finished runs and continues interrupted ones from their
+checkpoint, so a sweep cut short resumes, and `--attack 16x500` (the harder exam) or `--attackers pixel`
+re-grades finished runs (OUT/runs holds the generators). Timings are only comparable between runs that
+shared the machine the same way (--jobs).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -108,8 +109,12 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not rundir.is_run(run):
         iters, robust, identity = settings(name, overrides)
+        work = rundir.partial(run)
+        resume = (work / rundir.CHECKPOINT).is_file()  # a sweep killed mid-run goes on from the checkpoint
+        if work.is_dir() and not resume:  # killed before its first checkpoint: made again
+            shutil.rmtree(work)
         unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust,
-                                                             identity=identity), progress=False)
+                                                             identity=identity), resume=resume, progress=False)
     rep = verify_run(run, VerifyConfig(attack_starts=starts, attack_steps=steps, n_preserve=n_preserve,
                                        device=device, attackers=attackers))
     manifest = json.loads((run / rundir.MANIFEST).read_text())
