@@ -25,6 +25,7 @@ from ..engine.files import PRIVATE, atomic_write, read_json, state_sha256, write
 from ..engine.models import nvlabs, zoo
 from . import cuda_graph, distributed, ledger
 from .config import UnlearnConfig, resolve
+from .history import read as read_history
 from .identities import Source, ledger_entries, note
 from .losses import feature_perceptual_name
 from .networks import identity_network
@@ -177,9 +178,13 @@ def _unlearn(out: Path, work: Path, sources: tuple[Source, ...], cfg: UnlearnCon
     t_unlearn = time.perf_counter() - t1
     if (stop_after is not None and stop_after < cfg.iters) or not distributed.is_writer():
         return work  # interrupted on purpose (tests): resumable; or a rank that does not write
+    # a resumed run: the iterations before the interruption count too, at the seconds history.csv kept for them
+    before = [float(r["seconds"]) for r in read_history(work / rundir.HISTORY)[:-len(history) or None]] \
+        if resume and history else []
+    t_unlearn += sum(before)
     write_run(work, G_s, G_u, book, cfg, history, n_before, continued, init_sha,
               timings={"invert": round(t_invert, 3), "unlearn": round(t_unlearn, 3),
-                       "per_iter": round(t_unlearn / max(1, len(history)), 5)})
+                       "per_iter": round(t_unlearn / max(1, len(history) + len(before)), 5)})
     return rundir.publish(work, out)
 
 

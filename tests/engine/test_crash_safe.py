@@ -2,6 +2,7 @@
 its first checkpoint and resumed ends with weights bit-identical to an uninterrupted run; a kill during
 export or verify leaves no half-written artifact where the finished one would be."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -48,7 +49,12 @@ def test_sigkill_then_resume_is_bit_identical(generator, tmp_path):
     whole = tmp_path / "whole" / "generator.safetensors"
     assert (killed / "generator.safetensors").read_bytes() == whole.read_bytes()
     with open(killed / "history.csv", newline="") as f:  # each iteration once: the rows after the checkpoint redone
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 61))
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 61))
+    # the manifest's unlearning time covers every iteration, those before the kill included
+    timings = json.loads((killed / "manifest.json").read_text())["timings_s"]
+    assert timings["unlearn"] >= sum(float(r["seconds"]) for r in rows)
+    assert timings["per_iter"] == pytest.approx(timings["unlearn"] / 60, rel=1e-3)
 
 
 @pytest.fixture(scope="module")
