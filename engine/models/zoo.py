@@ -304,8 +304,8 @@ def load_identity(name: str = DEFAULT_IDENTITY, device: str | None = None, face_
     """A registry name, `arcface-ir-se50:PATH.pth`, or several joined by `+` (an ensemble: engine/models/ensemble.py,
     `units` its members' units; the guide layer measures them, guide/networks.py). `face_crop`: the generator's
     (engine/crops.py); FFHQ-aligned frames give the ONNX networks the five-point crop (engine/models/face_input.py).
-    dlib's .dat is parsed once
-    and converted to safetensors beside it; later loads read that, checked against the hash recorded then."""
+    dlib's .dat is parsed once and converted to safetensors beside it; later loads read that, checked against the
+    hash recorded then."""
     from . import arcface
     from .dlib_resnet import DlibIdentity
     from .ensemble import EnsembleIdentity
