@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import fcntl
 import os
-import shutil
 import signal
 import sys
 import time
@@ -151,11 +150,8 @@ class Worker:
                 self.log(f"{batch}: unlearning {len(todo)} identit{'y' if len(todo) == 1 else 'ies'} on top of "
                          f"{served.name} ({len(forgotten)} in its ledger){' with --push-past' if push else ''}")
                 people = tuple({src.key(): src for src in todo.values()}.values())  # one person asked twice: once
-                work = rundir.partial(run)
-                resume = (work / rundir.CHECKPOINT).is_file()  # interrupted after a checkpoint: resumed
-                if work.is_dir() and not resume:  # before its first checkpoint: redone (this worker holds the lock)
-                    shutil.rmtree(work)
-                unlearn_job(run, people, ucfg, resume=resume, progress=False)
+                # interrupted after a checkpoint: resumed; before it: redone (this worker holds the lock)
+                unlearn_job(run, people, ucfg, resume=rundir.resume_or_restart(run), progress=False)
             report = reports.read(run)
             if report is None or report.get("required") != cfg.require:
                 self.log(f"{batch}: verifying (level {cfg.require})")

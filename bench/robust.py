@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -109,10 +108,7 @@ def trial(root: str, name: str, overrides: dict, seed: int, device: str, starts:
     run = Path(root) / "runs" / f"{name}_s{seed}"
     if not rundir.is_run(run):
         iters, robust, identity = settings(name, overrides)
-        work = rundir.partial(run)
-        resume = (work / rundir.CHECKPOINT).is_file()  # a sweep killed mid-run goes on from the checkpoint
-        if work.is_dir() and not resume:  # killed before its first checkpoint: made again
-            shutil.rmtree(work)
+        resume = rundir.resume_or_restart(run)  # a sweep killed mid-run goes on from the run's checkpoint
         unlearn_job(run, (Source(seed=seed),), UnlearnConfig(iters=iters, device=device, robust=robust,
                                                              identity=identity), resume=resume, progress=False)
     rep = verify_run(run, VerifyConfig(attack_starts=starts, attack_steps=steps, n_preserve=n_preserve,

@@ -49,6 +49,18 @@ def partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def resume_or_restart(out: Path) -> bool:
+    """For a job that makes OUT again after being killed (the forget worker, bench/robust): True when OUT.partial/
+    holds a checkpoint to resume from; a partial directory killed before its first checkpoint is removed, so the
+    run starts afresh (the caller holds the only claim on OUT). Call it only while OUT itself is unfinished."""
+    work = partial(out)
+    if (work / CHECKPOINT).is_file():
+        return True
+    if work.is_dir():
+        shutil.rmtree(work)
+    return False
+
+
 def is_run(folder: Path) -> bool:
     """A finished run directory: publish() renames OUT.partial to OUT only after the manifest is written."""
     return (Path(folder) / MANIFEST).is_file()

@@ -70,3 +70,18 @@ def test_report_html_renders_in_chromium(tiny_run_factory, tmp_path):
                          check=True, capture_output=True, text=True, timeout=120).stdout
     loaded, total = map(int, re.search(r'data-images-loaded="(\d+)/(\d+)"', dom).groups())
     assert total >= 3 and loaded == total  # report.png, before_after.png, losses.png all decoded
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_or_starts_afresh(tmp_path):
+    """rundir.resume_or_restart, the rule of the forget worker and bench/robust: a checkpoint in OUT.partial/ is
+    resumed; a partial directory without one is removed; no partial directory is a fresh start."""
+    from guide_engine.engine import rundir
+
+    out = tmp_path / "run"
+    assert rundir.resume_or_restart(out) is False and not rundir.partial(out).exists()
+    rundir.partial(out).mkdir()
+    (rundir.partial(out) / rundir.HISTORY).write_text("iteration\n")
+    assert rundir.resume_or_restart(out) is False and not rundir.partial(out).exists()
+    rundir.partial(out).mkdir()
+    (rundir.partial(out) / rundir.CHECKPOINT).write_bytes(b"state")
+    assert rundir.resume_or_restart(out) is True and (rundir.partial(out) / rundir.CHECKPOINT).is_file()
