@@ -75,6 +75,9 @@ def source_of(row: dict) -> Source:
     return Source(seed=row["seed"]) if row["kind"] == "seed" else Source(image=row["photo_file"], face=row["face"])
 
 
+NOT_FORGOTTEN = "not forgotten"  # how why_not's reason for a person the batch did not forget begins
+
+
 def why_not(row: dict, thresholds: dict) -> str | None:
     """A verify report's row => why this identity cannot be deployed as forgotten, or None."""
     if row.get("drawn") is False:
@@ -84,7 +87,7 @@ def why_not(row: dict, thresholds: dict) -> str | None:
     if row.get("found") is False:
         return "not found: the inversion of the photo is not this person"
     if not row.get("forgotten"):
-        return (f"not forgotten: the judge puts the unlearned face {row.get('judge_id_dist', float('nan')):.3f} from "
+        return (f"{NOT_FORGOTTEN}: the judge puts the unlearned face {row.get('judge_id_dist', float('nan')):.3f} from "
                 f"the person's, under the strangers' median {thresholds['judge_forgotten_if_id_dist_at_least']:.3f}")
     return None
 
@@ -106,11 +109,13 @@ class Worker:
             batch = running[0]["batch"]
         else:
             queued = store.with_state("queued")
-            if queued:  # second tries (push_past) and first ones go in batches of their own kind, the oldest first
-                oldest = min(queued, key=lambda r: epoch(r["created"]))
-                queued = [r for r in queued if r["push_past"] == oldest["push_past"]]
-            if not queued or time.time() - min(epoch(r["created"]) for r in queued) < self.cfg.gather_s:
+            if not queued:
                 return False
+            oldest = min(queued, key=lambda r: epoch(r["created"]))
+            if time.time() - epoch(oldest["created"]) < self.cfg.gather_s:
+                return False
+            # second tries (push_past) and first ones go in batches of their own kind, the oldest request's first
+            queued = [r for r in queued if r["push_past"] == oldest["push_past"]]
             batch = store.next_batch()
             store.move([r["id"] for r in queued], "running", batch=batch)
         old = os.umask(0o077)  # every file the run, verify and export write: the owner's only
@@ -201,16 +206,15 @@ class Worker:
         common = None if any(own.values()) else (
             f"verify failed (level {report['required']}): random faces kept {kept:.3f}" if kept < reports.MIN_KEPT
             else f"verify failed (level {report['required']}): outcome {report.get('outcome')}")
-        pushed_already = bool(self.cfg.unlearn.get("push_past"))
         for rid, why in own.items():
             row = store.get(rid)
-            if why and why.startswith("not forgotten") and not (pushed_already or row["push_past"]) \
-                    and row["attempts"] + 1 < MAX_ATTEMPTS:
+            unforgotten = bool(why) and why.startswith(NOT_FORGOTTEN)
+            pushed = bool(self.cfg.unlearn.get("push_past") or row["push_past"])
+            if unforgotten and not pushed and row["attempts"] + 1 < MAX_ATTEMPTS:
                 store.move([rid], "queued", f"{batch}: {why}; queued again for a second try with --push-past",
                            batch=None, attempts=row["attempts"] + 1, push_past=1)
             elif why:
-                tried = why.startswith("not forgotten") and (pushed_already or row["push_past"])
-                store.move([rid], "refused", why + (" (with --push-past too)" if tried else ""))
+                store.move([rid], "refused", why + (" (with --push-past too)" if unforgotten and pushed else ""))
             elif common or row["attempts"] + 1 >= MAX_ATTEMPTS:
                 store.move([rid], "failed", common or f"{batch}: verify failed on other requests, twice")
             else:
