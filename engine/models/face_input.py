@@ -25,6 +25,13 @@ WORK = 256  # an FFHQ frame is brought to this side (antialiased) before the fiv
 CROPS = ("full", "five-point")
 
 
+def check_crop(crop: str) -> str:
+    """`crop`, or ValueError when it is none of CROPS."""
+    if crop not in CROPS:
+        raise ValueError(f"crop {crop!r}: one of {CROPS}")
+    return crop
+
+
 def crop_for(face_crop) -> str:
     """The crop for a generator whose faces sit as `face_crop` says (its adapter's, engine/crops.py)."""
     return "five-point" if isinstance(face_crop, FFHQCrop) else "full"
@@ -42,9 +49,7 @@ def _five_point_theta() -> tuple[tuple[float, ...], ...]:
 
 def face_input(images: torch.Tensor, crop: str = "full") -> torch.Tensor:
     """(N, 3, H, W) RGB in [-1, 1] => (N, 3, 112, 112) RGB in [-1, 1]."""
-    if crop not in CROPS:
-        raise ValueError(f"crop {crop!r}: one of {CROPS}")
-    if crop == "five-point":
+    if check_crop(crop) == "five-point":
         if images.shape[-2:] != (WORK, WORK):
             images = F.interpolate(images, size=(WORK, WORK), mode="bilinear", align_corners=False,
                                    antialias=images.shape[-1] > WORK)

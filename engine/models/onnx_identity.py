@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..protocols import FrozenIdentityNet
-from .face_input import CROPS, face_input
+from .face_input import check_crop, face_input
 from .onnx_graph import OnnxGraph
 
 
@@ -58,9 +58,7 @@ class OnnxIdentity(FrozenIdentityNet):
     def __init__(self, path: str | Path, name: str, crop: str = "full"):
         spec = SPECS[name]
         super().__init__(OnnxGraph(path, taps=spec.taps, batch_in_reshape=spec.batch_in_reshape), name)
-        if crop not in CROPS:
-            raise ValueError(f"crop {crop!r}: one of {CROPS}")
-        self.crop = crop
+        self.crop = check_crop(crop)
         self.feature_name = spec.feature_name
         self.distance_name = f"1 - cosine similarity of {spec.description} embeddings"
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GuideEngineError, first_line
-from .face_input import CROPS, INPUT_SIZE, face_input
+from .face_input import INPUT_SIZE, check_crop, face_input
 
 BATCH = 64  # images per ONNX Runtime call: bounded memory for any N
 
@@ -69,9 +69,7 @@ class SFaceJudge:
     def __init__(self, path: str | Path, name: str = "sface-2021dec", dynamic_batch: bool = True,
                  crop: str = "full"):
         """dynamic_batch=False keeps the file's batch of 1 and runs images one by one (tests compare the two)."""
-        if crop not in CROPS:
-            raise ValueError(f"crop {crop!r}: one of {CROPS}")
-        self.crop = crop
+        self.crop = check_crop(crop)
         try:
             import onnxruntime as ort
         except ImportError:
