@@ -179,7 +179,7 @@ def _unlearn(out: Path, work: Path, sources: tuple[Source, ...], cfg: UnlearnCon
     if (stop_after is not None and stop_after < cfg.iters) or not distributed.is_writer():
         return work  # interrupted on purpose (tests): resumable; or a rank that does not write
     # a resumed run: the iterations before the interruption count too, at the seconds history.csv kept for them
-    before = [float(r["seconds"]) for r in read_history(work / rundir.HISTORY)[:-len(history) or None]] \
+    before = [float(r["seconds"]) for r in read_history(work / rundir.HISTORY)[:-len(history)]] \
         if resume and history else []
     t_unlearn += sum(before)
     write_run(work, G_s, G_u, book, cfg, history, n_before, continued, init_sha,
