@@ -7,7 +7,8 @@ while they are pending, unlearned, verified and swapped in, and report:
 - /v1/generate p50/p99 before and during (one seed per request; every 10th asks for a pending person's seed);
 - the answers by status code during (5xx: none expected), and how many the guard withheld (451) while pending,
   of the persons' seeds and of strangers' apart;
-- the worker's settings, the ledger's size before, the server's swaps.
+- the arguments it gave `serve` (the worker's resolved settings: the state dir's config.json), the ledger's size
+  before, the server's swaps.
 
     python -m guide_engine.bench.forget RUN --seeds 8101,8102 --photo-seeds 8103 [--concurrency 4 --rate 10]
 Extra arguments after `--` go to `guide-engine serve` (e.g. -- --forget-iters 200).
@@ -157,7 +158,9 @@ def main(run, seeds, photo_seeds, concurrency, rate, before_s, timeout_s, state_
                                                              "reason": states[name]["reason"]}
                                                       for name, rid in ids.items()},
                "generate_before": before, "generate_during": during, "generate_after": after, "swaps": swaps,
-               "worker": json.loads((state / "config.json").read_text()), "state_dir": str(state)}
+               # the worker's resolved settings are state_dir's config.json, whose owner (apps/forget_store.py) is
+               # a layer above this one: the benchmark names what it gave the server, and where to read the rest
+               "serve_args": list(serve_args), "state_dir": str(state)}
         print(json.dumps(out, indent=1))
     finally:
         proc.terminate()
