@@ -74,7 +74,9 @@ class UnlearnConfig:
     alpha_max_rel: float | None = flag(None, "Adjacency range relative to r.", shown="0.5 d / r")
     # -- beyond GUIDE ------------------------------------------------------------------------------
     robust: RobustConfig | None = flag(None, "Attack-aware: an attacker re-inverting the photo inside the loop, its "
-                                       "faces pushed off the person (docs/robust.md).", is_flag=True,
+                                       "faces pushed off the person; with --identity arcface-mbf (non-commercial "
+                                       "weights) it holds best against the strongest attacker (docs/robust.md).",
+                                       is_flag=True,
                                        parse=lambda on: RobustConfig() if on else None)
     push_past: bool = flag(False, "Also push each unlearned face past a margin from the person under the training "
                            "network, beyond its target (docs/many.md).", is_flag=True)
