@@ -14,8 +14,8 @@
 #                               with GUIDE_ENGINE_KERNELS=torch vs the kernels, each eager and as a CUDA graph
 #   bash bench/gpu.sh sampling  guide-engine bench: images/s per backend at batch 1, 64, 256
 #   bash bench/gpu.sh robust    the robust table: GUIDE, --robust's defaults, the best measured search
-#                               rounds, those with the look hinge, and the defaults trained with the
-#                               dlib + ArcFace ensemble (docs/robust.md) on seeds
+#                               rounds, those with the look hinge, and the defaults trained with
+#                               ArcFace-MBF and with the dlib + ArcFace ensemble (docs/robust.md) on seeds
 #                               $SEEDS (default 0-9), verify's exam (every attacker, 32 x 300), $JOBS runs
 #                               at a time (default 12); then the harder exam (16 x 500) on the last two
 #   bash bench/gpu.sh eg3d      EG3D FFHQ-512 (random init) s/iter and peak memory; needs NVLABS_CODE=the
@@ -35,8 +35,11 @@ attackers() {
   elif [ -d "${GUIDE_ENGINE_HOME:-$HOME/.cache/guide-engine}/models/edgeface-s" ]; then echo all
   else echo dlib-resnet-v1,pixel; fi
 }
-# the robust mode defending with the networks the proof attacks with (docs/robust.md), where they are here
-ensemble() { [ "$(attackers)" = all ] && echo "--variant ens:identity=dlib-resnet-v1+arcface-mbf"; }
+# the robust mode defending with the networks the proof attacks with (docs/robust.md), where they are here:
+# ArcFace-MBF alone (the strongest attacker's network) and the dlib + ArcFace ensemble
+defences() {
+  [ "$(attackers)" = all ] && echo "--variant arc:identity=arcface-mbf --variant ens:identity=dlib-resnet-v1+arcface-mbf"
+}
 
 for what in "$@"; do
   case $what in
@@ -110,7 +113,7 @@ EOF
       ROUNDS=search_every=50,replay=8,bank_size=256,preserve=8,preserve_weight=8,weight=2.5
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 32x300 \
         --attackers "$(attackers)" --variant base: --variant "rounds:$ROUNDS" \
-        --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" $(ensemble) \
+        --variant "look:$ROUNDS,search_pixel=32,pixel_quantile=0.05" $(defences) \
         --out "$RESULTS/robust" 2>&1 | tee -a "$RESULTS/robust.log" | tail -50
       stage "robust: the harder exam, 16 x 500, on the search rounds and the look hinge"
       $PY -m guide_engine.bench.robust --seeds "${SEEDS:-0-9}" --device cuda --jobs "${JOBS:-12}" --attack 16x500 \
