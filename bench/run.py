@@ -178,6 +178,10 @@ def markdown(res: dict) -> str:
         if "robust_default" in u["levers"]:
             lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "
                          f"the default loop per iteration")
+        if "robust_arcface_mbf" in u["levers"]:
+            lines.append(f"--robust --identity arcface-mbf: "
+                         f"{u['levers']['robust_arcface_mbf']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x the "
+                         f"default loop per iteration")
     return "\n".join(lines) + "\n"
 
 

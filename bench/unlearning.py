@@ -1,8 +1,9 @@
 """Seconds per unlearning iteration on one identity, in one process: the official one-call-per-latent
 structure in fp32, then each speed lever on its own and all together (the engine's default), the default
 as one CUDA graph (`--cuda-graph`; on CUDA only), and the default with `--robust` (its attacker's inversion
-steps and hinge on top); with each, the FLOPs of one iteration, so a bench can say how close the loop runs
-to what the machine can do.
+steps and hinge on top), with dlib and, where its weights are cached, with ArcFace-MBF as the training network
+(`--robust --identity arcface-mbf`: the defence against the strongest attacker, docs/robust.md); with each,
+the FLOPs of one iteration, so a bench can say how close the loop runs to what the machine can do.
 `python -m guide_engine.bench.unlearning ITERS DEVICE` prints JSON."""
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ LEVERS = {
     "default": {},
     "cuda_graph": {"cuda_graph": True},  # CUDA only: guide/cuda_graph.py
     "robust_default": {"robust": "default"},  # RobustConfig(), its margin resolved as `unlearn --robust` does
+    "robust_arcface_mbf": {"robust": "default", "identity": "arcface-mbf"},  # ... trained with ArcFace-MBF
 }
 
 
@@ -51,12 +53,13 @@ def measure(iters: int, device: str = "cpu") -> dict:
     from ..engine.models import zoo
     from ..guide.calibration import calibrate, quantile
     from ..guide.config import DEFAULT_PRECISION, UnlearnConfig
+    from ..guide.networks import identity_network
     from ..guide.robust import RobustConfig
     from ..guide.target import ufo_target
     from ..guide.unlearn import run_unlearning
 
     G = zoo.load_generator(device=device)
-    net = zoo.load_identity(device=device)
+    nets = {zoo.DEFAULT_IDENTITY: zoo.load_identity(device=device)}
     w_u = G.latents_for_seeds([0]).to(device)
     w_t = ufo_target(w_u, G.average_latent(), 10.0)
     out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
@@ -64,6 +67,12 @@ def measure(iters: int, device: str = "cpu") -> dict:
         if fields.get("cuda_graph") and torch.device(device).type != "cuda":
             continue
         fields = {"precision": DEFAULT_PRECISION, **fields}
+        identity = fields.pop("identity", zoo.DEFAULT_IDENTITY)
+        if identity not in nets:
+            if not zoo.is_cached(zoo.get_spec(identity)):  # not fetched: the row is left out, not failed
+                continue
+            nets[identity] = identity_network(identity, G, state_sha256(G), device)
+        net = nets[identity]
         if fields.get("robust") == "default":
             robust = RobustConfig()
             robust = dataclasses.replace(robust, margin=quantile(calibrate(G, net, state_sha256(G)),
@@ -78,7 +87,7 @@ def measure(iters: int, device: str = "cpu") -> dict:
         out["levers"][name] = {"s_per_iter": statistics.median(times), "min": min(times), "max": max(times),
                                "flop_per_iter": flop, "flop_per_s": flop / statistics.median(times),
                                **{k: getattr(cfg, k) for k in LEVER_FIELDS},
-                               "robust": robust is not None}
+                               "robust": robust is not None, "identity": identity}
     ref = out["levers"]["reference_loop_fp32"]["s_per_iter"]
     for r in out["levers"].values():
         r["speedup_vs_reference"] = ref / r["s_per_iter"]

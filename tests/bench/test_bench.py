@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from guide_engine.apps.cli import main
 from guide_engine.bench.sampling import dcgan_flops
+from guide_engine.engine.models import zoo
 
 
 def test_bench_tiny(tmp_path, generator, identity):
@@ -23,8 +24,11 @@ def test_bench_tiny(tmp_path, generator, identity):
     assert res["measured_matmul_flops"] <= res["peak_flops"] <= res["peak_flops_bf16"]
     assert "tensorrt" in res["skipped"] or any(s["backend"] == "tensorrt" for s in res["sampling"])
     u = res["unlearning"]
+    arcface = zoo.is_cached(zoo.get_spec("arcface-mbf"))  # its row only where its weights are fetched
     assert set(u["levers"]) == {"reference_loop_fp32", "batched_fp32", "batched_fp32_cached_targets",
-                                "batched_fp32_fused_adam", "batched_bf16", "default", "robust_default"}
+                                "batched_fp32_fused_adam", "batched_bf16", "default", "robust_default",
+                                *(["robust_arcface_mbf"] if arcface else [])}
+    assert {r["identity"] for r in u["levers"].values()} == {"dlib-resnet-v1", *(["arcface-mbf"] if arcface else [])}
     assert u["levers"]["default"]["fused_adam"] and not u["levers"]["reference_loop_fp32"]["fused_adam"]
     assert u["levers"]["robust_default"]["robust"] and not u["levers"]["default"]["robust"]
     assert "--robust:" in (out / "bench.md").read_text()
@@ -38,6 +42,9 @@ def test_bench_tiny(tmp_path, generator, identity):
         identity.features(generator.synthesize(generator.latents_for_seeds([0])))
     assert flop["batched_fp32"] - flop["batched_fp32_cached_targets"] == once.get_total_flops()
     assert flop["robust_default"] > flop["default"]
+    if arcface:  # the same loop, another network's passes in the pool, hinge and preservation rows
+        assert flop["robust_arcface_mbf"] > flop["default"] and flop["robust_arcface_mbf"] != flop["robust_default"]
+        assert "--robust --identity arcface-mbf:" in (out / "bench.md").read_text()
     assert "| torch | 1 |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
