@@ -36,9 +36,11 @@ attackers() {
   else echo dlib-resnet-v1,pixel; fi
 }
 # the robust mode defending with the networks the proof attacks with (docs/robust.md), where they are here:
-# ArcFace-MBF alone (the strongest attacker's network) and the dlib + ArcFace ensemble
+# ArcFace-MBF alone (the strongest attacker's network), the dlib + ArcFace ensemble, and ArcFace-MBF with search
+# rounds (fresh attacks through G_u every 50 iterations, their finds hinged: the coverage the pool lacks)
 defences() {
-  [ "$(attackers)" = all ] && echo "--variant arc:identity=arcface-mbf --variant ens:identity=dlib-resnet-v1+arcface-mbf"
+  [ "$(attackers)" = all ] && echo "--variant arc:identity=arcface-mbf --variant ens:identity=dlib-resnet-v1+arcface-mbf" \
+    "--variant arcs:identity=arcface-mbf,search_every=50,search_starts=16,search_steps=150,replay=8,bank_size=64"
 }
 
 for what in "$@"; do
