@@ -72,6 +72,8 @@ def measure(iters: int, device: str = "cpu") -> dict:
             if not zoo.is_cached(zoo.get_spec(identity)):  # not fetched: the row is left out, not failed
                 continue
             nets[identity] = identity_network(identity, G, state_sha256(G), device)
+            for line in zoo.licence_notes([identity]):  # on stderr: stdout is the JSON
+                print(line, file=sys.stderr)
         net = nets[identity]
         if fields.get("robust") == "default":
             robust = RobustConfig()
