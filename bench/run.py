@@ -175,13 +175,10 @@ def markdown(res: dict) -> str:
             g = u["levers"]["cuda_graph"]["s_per_iter"]
             lines.append(f"--cuda-graph: {g * 1e3:.2f} ms per iteration, {u['batched']['s_per_iter'] / g:.2f}x the "
                          f"default loop's speed")
-        if "robust_default" in u["levers"]:
-            lines.append(f"--robust: {u['levers']['robust_default']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x "
-                         f"the default loop per iteration")
-        if "robust_arcface_mbf" in u["levers"]:
-            lines.append(f"--robust --identity arcface-mbf: "
-                         f"{u['levers']['robust_arcface_mbf']['s_per_iter'] / u['batched']['s_per_iter']:.2f}x the "
-                         f"default loop per iteration")
+        for lever, flags in (("robust_default", "--robust"), ("robust_arcface_mbf", "--robust --identity arcface-mbf")):
+            if lever in u["levers"]:
+                lines.append(f"{flags}: {u['levers'][lever]['s_per_iter'] / u['batched']['s_per_iter']:.2f}x the "
+                             f"default loop per iteration")
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,7 @@ def measure(iters: int, device: str = "cpu") -> dict:
     nets = {zoo.DEFAULT_IDENTITY: zoo.load_identity(device=device)}
     w_u = G.latents_for_seeds([0]).to(device)
     w_t = ufo_target(w_u, G.average_latent(), 10.0)
+    base_sha = state_sha256(G)  # the calibration's key, and the ensemble units' (guide/networks.py)
     out = {"iters": iters, "burn_in": BURN_IN, "device": device, "default_precision": DEFAULT_PRECISION, "levers": {}}
     for name, fields in LEVERS.items():
         if fields.get("cuda_graph") and torch.device(device).type != "cuda":
@@ -71,13 +72,13 @@ def measure(iters: int, device: str = "cpu") -> dict:
         if identity not in nets:
             if not zoo.is_cached(zoo.get_spec(identity)):  # not fetched: the row is left out, not failed
                 continue
-            nets[identity] = identity_network(identity, G, state_sha256(G), device)
+            nets[identity] = identity_network(identity, G, base_sha, device)
             for line in zoo.licence_notes([identity]):  # on stderr: stdout is the JSON
                 print(line, file=sys.stderr)
         net = nets[identity]
         if fields.get("robust") == "default":
             robust = RobustConfig()
-            robust = dataclasses.replace(robust, margin=quantile(calibrate(G, net, state_sha256(G)),
+            robust = dataclasses.replace(robust, margin=quantile(calibrate(G, net, base_sha),
                                                                  robust.margin_quantile))
         else:
             robust = None
