@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.crops import crop_of
 from ..engine.errors import GuideEngineError
 from ..engine.faces import load_face, locate_face
 from ..engine.files import state_sha256
@@ -81,7 +82,7 @@ def _guard_models(base_name: str, judge_name: str):
     """The judge, the pretrained generator and the judge's strangers' p1 on it, loaded once per process: the
     ledger's guard, the pending requests' guard and each swapped-in model's guard only read them."""
     pretrained = zoo.load_generator(base_name)
-    judge = zoo.load_judge(judge_name, face_crop=getattr(pretrained, "face_crop", None))
+    judge = zoo.load_judge(judge_name, face_crop=crop_of(pretrained))
     return judge, pretrained, calibrate(pretrained, judge, state_sha256(pretrained))["strangers_dist_p1"]
 
 

@@ -78,6 +78,12 @@ class FFHQCrop:
 FFHQ = FFHQCrop()
 
 
+def crop_of(generator):
+    """The generator adapter's declared crop (its `face_crop`); FFHQ's recipe for one that declares none, the
+    NVlabs default. Every place that aligns a photo or cuts a face for a network asks this, so that all agree."""
+    return getattr(generator, "face_crop", None) or FFHQ
+
+
 # InsightFace's `arcface_dst` (OpenCV's FaceRecognizerSF.alignCrop uses the same five points): left eye, right eye,
 # nose tip, left and right mouth corner, in pixels of the 112 x 112 input
 ARCFACE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041))

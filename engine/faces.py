@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .crops import FFHQ
+from .crops import crop_of
 from .errors import GuideEngineError
 from .models.yunet import Face
 
@@ -210,11 +210,6 @@ def warp(rgb: np.ndarray, A: np.ndarray, resolution: int) -> np.ndarray:
     coeffs = (B[0, 0], B[0, 1], A[0, 2], B[1, 0], B[1, 1], A[1, 2])
     big = img.transform((resolution * k, resolution * k), Image.AFFINE, coeffs, resample=Image.BICUBIC)
     return np.asarray(big.resize((resolution, resolution), Image.LANCZOS) if k > 1 else big)
-
-
-def crop_of(generator):
-    """The generator adapter's declared crop; FFHQ's recipe for one that declares none (the NVlabs default)."""
-    return getattr(generator, "face_crop", None) or FFHQ
 
 
 # ---------------------------------------------------------------------------------------------------------------

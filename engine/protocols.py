@@ -23,6 +23,8 @@ class Generator(Protocol):
     name: str
     latent_shape: tuple[int, ...]  # one latent, e.g. (100,) for the DCGAN's z, (14, 512) for EG3D's W+
     resolution: int  # output images are (3, resolution, resolution)
+    # face_crop (optional): where its faces sit in the frame (engine/crops.py); read it through crops.crop_of,
+    # which gives FFHQ's recipe to an adapter that declares none
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n, seeded RNG => (n, *latent_shape) float32 on the module's device, drawn from the prior."""

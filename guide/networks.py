@@ -8,6 +8,7 @@ it from `identity_network`.
 """
 from __future__ import annotations
 
+from ..engine.crops import crop_of
 from ..engine.models import zoo
 from ..engine.models.ensemble import EnsembleIdentity
 from .calibration import calibrate
@@ -15,7 +16,7 @@ from .calibration import calibrate
 
 def identity_network(name: str, generator, base_sha: str, device: str = "cpu"):
     """The identity network `name` (a zoo name, arcface-ir-se50:PATH, or an ensemble) for this generator."""
-    crop = getattr(generator, "face_crop", None)
+    crop = crop_of(generator)
     if len(names := zoo.ensemble_parts(name)) == 1:
         return zoo.load_identity(name, device=device, face_crop=crop)
     parts = [zoo.load_identity(p, device=device, face_crop=crop) for p in names]

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..engine import __version__, reports, rundir
+from ..engine.crops import crop_of
 from ..engine.errors import GuideEngineError
 from ..engine.files import state_sha256
 from ..engine.models import zoo
@@ -193,7 +194,7 @@ def verify_run(run: Path, cfg: VerifyConfig = VerifyConfig(), images: tuple[str,
     def judged(net) -> metrics.Judged:  # a network with its calibration on the base generator
         return metrics.Judged(net, calibration.calibrate(G_s, net, base_sha))
 
-    judge_net = zoo.load_judge(judge, device=device, face_crop=getattr(G_s, "face_crop", None))
+    judge_net = zoo.load_judge(judge, device=device, face_crop=crop_of(G_s))
     jdg = judged(judge_net)
     # the training network first, then (for the attackers and the networks outside their losses) the zoo's others
     names = dict.fromkeys([train_name, *(zoo.identity_names() if reinversion else ())])

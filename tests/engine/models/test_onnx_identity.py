@@ -56,6 +56,22 @@ def test_batched_rows_are_each_alone_and_gradients_reach_the_image(name, faces):
 
 
 @pytest.mark.weights
+def test_a_generator_that_declares_no_crop_is_cut_as_its_photos_are_aligned():
+    """crop_of is the one answer: an adapter without `face_crop` gets its photos aligned by FFHQ's recipe
+    (engine/faces.py) and its faces cut for the networks by the five-point crop that recipe implies."""
+    from types import SimpleNamespace
+
+    from guide_engine.engine.crops import FFHQ, crop_of
+    from guide_engine.engine.models.dcgan import DCGANGenerator
+    from guide_engine.guide.networks import identity_network
+
+    bare = SimpleNamespace(resolution=64)
+    assert crop_of(bare) is FFHQ and crop_of(DCGANGenerator) is DCGANGenerator.face_crop
+    assert identity_network("arcface-mbf", bare, base_sha="-").crop == "five-point"
+    assert identity_network("arcface-mbf", DCGANGenerator, base_sha="-").crop == "full"
+
+
+@pytest.mark.weights
 def test_the_zoo_crops_ffhq_frames_and_builds_ensembles():
     from guide_engine.engine.crops import FFHQ
     from guide_engine.engine.models.dcgan import DCGANGenerator
