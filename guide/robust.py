@@ -22,6 +22,11 @@ diffusion models:
   inversion, batched), and every end closer to the photo than the margin joins the bank, so the hinge
   reaches places a small pool never visits (STEREO's argument; docs/robust.md); `screen` random latents
   per round are looked at as they are, and the person's lookalikes among them join the bank too.
+- **Members apart** (`apart`, off by default; an ensemble `--identity a+b` only): the exam attacks with each
+  network alone, and a face one member calls the person can sit far from it under another, where the ensemble's
+  mean lets it be. So each search round runs its starts once per member, on that member's identity term alone (the
+  exam's attacker), and the hinge pushes every face until each member puts it past a margin of its own: that
+  member's strangers' margin_quantile, measured on the pretrained generator when the attacker starts.
 - **The photo's look** (`pixel_quantile` > 0, off by default): the training network's descriptor is not what an
   observer sees; an attacker with no identity term (pixel MSE + perceptual, `verify`'s pixel attacker) draws
   faces that network calls strangers and another network calls the person. So the search rounds also run
@@ -54,6 +59,8 @@ SCREEN_OFFSET = 1_300_021  # ... and the screens' latents
 PIXEL_OFFSET = 1_500_007  # ... and the pixel attacker's search starts
 LOOK_OFFSET = 1_700_021  # ... and the random faces the photo's look margin is measured on
 LOOK_FACES = 256  # how many
+MARGIN_OFFSET = 1_900_043  # ... and the random faces each member's own margin is measured on (apart)
+MARGIN_FACES = 256  # how many: 128 x 128 stranger pairs
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class RobustConfig:
     pixel_quantile: float = 0.0  # > 0: also hinge each face's pixel + perceptual distance to the photo past this
     # quantile of the pretrained generator's random faces'
     recolour: bool = False  # the identity hinge also sees each face recoloured to the photo's mean colour
+    # -- an ensemble's members apart (off by default; needs --identity a+b) ----------------------------------
+    apart: bool = False  # search rounds attack with each member alone; the hinge holds each member to its own margin
 
     def validate(self) -> None:
         from ..engine.errors import GuideEngineError
@@ -135,6 +144,22 @@ class Attacker:
         self.opt = torch.optim.Adam([self.w], lr=cfg.lr)
         self.bank = w0[:0].detach().clone()  # where re-seeded members ended: the defence's memory
         self.look_margin = self._look_margin(G_s) if cfg.pixel_quantile else None
+        self.member_margins = self._member_margins(G_s) if cfg.apart else None
+
+    def _member_margins(self, G_s) -> torch.Tensor:
+        """(K, 1) each ensemble member's margin: the margin_quantile of its 1 - cos over the stranger pairs of
+        MARGIN_FACES random faces of G_s (the two halves against each other), as `member_distances` measures it."""
+        if not hasattr(self.net, "member_distances"):
+            from ..engine.errors import GuideEngineError
+
+            raise GuideEngineError(f"robust apart: {self.net.name} is one network; apart holds each member of an "
+                                   "ensemble to its own margin (--identity a+b)")
+        w = G_s.sample_latents(MARGIN_FACES, stream(self.seed, -1, MARGIN_OFFSET)).to(self.photo)
+        with torch.no_grad():
+            d = in_batches(lambda w: self.net.descriptors(G_s.synthesize(w)), w, synthesis_batch(G_s))
+        half = len(d) // 2
+        a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)
+        return self.net.member_distances(a, b).quantile(self.cfg.margin_quantile, dim=1, keepdim=True)
 
     def _look_margin(self, G_s) -> float:
         """The pixel_quantile of the pixel + perceptual distance to the photo of LOOK_FACES random faces of G_s."""
@@ -152,17 +177,24 @@ class Attacker:
         return look_distance(x, self.net.features(x)[0] if feats is None else feats, self.photo, self.feats_x)[0]
 
     def hinged(self, images: torch.Tensor,
-               desc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M, 3, H, W) => what the hinges act on: the training network's distance of each face to the photo (M,)
-        and, with the look hinge on, each face's look (M,), else None. With cfg.recolour both are taken on the faces
-        recoloured to the photo's mean colour (one feature pass); `desc`: the faces' own descriptors, if at hand."""
+               desc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(M, 3, H, W) => what the hinges act on: the training network's distance of each face to the photo (M,),
+        how far each face lies inside its margin (M,): relu(margin - distance), or with cfg.apart the sum over the
+        members of relu(own margin - own distance), and, with the look hinge on, each face's look (M,), else None.
+        With cfg.recolour all are taken on the faces recoloured to the photo's mean colour (one feature pass);
+        `desc`: the faces' own descriptors, if at hand."""
+        feats = None
         if self.cfg.recolour:
             feats, desc = self.net.features(_recoloured(images, self.photo))
-            dist = self._to_photo(desc)
+        elif desc is None:
+            desc = self.net.descriptors(images)
+        dist = self._to_photo(desc)
+        if self.member_margins is None:
+            inside = F.relu(self.cfg.margin - dist)
         else:
-            feats = None
-            dist = self.distance(images) if desc is None else self._to_photo(desc)
-        return dist, None if self.look_margin is None else self.look(images, feats)
+            own = self.net.member_distances(desc, self.desc_x.expand_as(desc))
+            inside = F.relu(self.member_margins - own).sum(0)
+        return dist, inside, None if self.look_margin is None else self.look(images, feats)
 
     def advance(self, G_u, it: int) -> None:
         """`steps` inversion steps of the pool through the current G_u (gradients to the pool only), and every
@@ -194,7 +226,9 @@ class Attacker:
         `screen` random latents as they are (the person's lookalikes, no descent); what ends under the margin
         joins the bank (or, with pixel_quantile, closer to the photo's look than its margin). => how many did."""
         starts = self.sample(self.cfg.search_starts, stream(self.seed, it, SEARCH_OFFSET)).to(self.photo)
-        ends = descend(G_u, self.net, self.photo, starts, self.cfg.search_steps, self.cfg.lr, progress=False)
+        nets = list(self.net.members) if self.cfg.apart else [self.net]  # apart: the same starts, each member alone
+        ends = torch.cat([descend(G_u, net, self.photo, starts, self.cfg.search_steps, self.cfg.lr, progress=False)
+                          for net in nets])
         if self.cfg.search_pixel:
             starts = self.sample(self.cfg.search_pixel, stream(self.seed, it, PIXEL_OFFSET)).to(self.photo)
             ends = torch.cat([ends, descend(G_u, self.net, self.photo, starts, self.cfg.search_steps, self.cfg.lr,
@@ -206,9 +240,9 @@ class Attacker:
         return len(found)
 
     def near(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, 3, H, W) => (M,) bool: under the margin (or the look margin, when on): what the hinge would push."""
-        dist, look = self.hinged(images)
-        return dist < self.cfg.margin if look is None else (dist < self.cfg.margin) | (look < self.look_margin)
+        """(M, 3, H, W) => (M,) bool: inside the margin (or the look margin, when on): what the hinge would push."""
+        _, inside, look = self.hinged(images)
+        return inside > 0 if look is None else (inside > 0) | (look < self.look_margin)
 
     def distance(self, images: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) => (M,) the training network's distance of each face to the photo."""
@@ -233,8 +267,8 @@ class Attacker:
             return {"robust": torch.zeros((), device=w.device), "attack_dist": torch.tensor(float("nan"))}
         x_u = G_u.synthesize(w)
         feats_u, desc_u = self.net.features(x_u)
-        dist, look = self.hinged(x_u[:m], desc_u[:m])
-        total = self.cfg.weight * F.relu(self.cfg.margin - dist).sum()
+        dist, inside, look = self.hinged(x_u[:m], desc_u[:m])
+        total = self.cfg.weight * inside.sum()
         if look is not None:
             total = total + self.cfg.weight * F.relu(self.look_margin - look).sum()
         first = 0 if self.cfg.anchor else m  # G_s's side is needed where something is kept close to it
@@ -254,7 +288,7 @@ class Attacker:
 
     def state_dict(self) -> dict:
         return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(), "bank": self.bank.clone(),
-                "look_margin": self.look_margin}
+                "look_margin": self.look_margin, "member_margins": self.member_margins}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
@@ -262,3 +296,4 @@ class Attacker:
         self.opt.load_state_dict(state["opt"])
         self.bank = state["bank"].clone()
         self.look_margin = state.get("look_margin", self.look_margin)  # measured at the start of the run, kept with it
+        self.member_margins = state.get("member_margins", self.member_margins)

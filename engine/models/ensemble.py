@@ -66,6 +66,13 @@ class EnsembleIdentity(nn.Module):
     def distance(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
         return 1 - F.cosine_similarity(desc_a, desc_b, dim=1)
 
+    def member_distances(self, desc_a: torch.Tensor, desc_b: torch.Tensor) -> torch.Tensor:
+        """(M, dim) joined descriptors, twice => (K, M): each member's 1 - cos, on its own part of them (the scale
+        of a part does not change its cosine), so a caller can hold each member to a line of its own."""
+        bounds = torch.tensor([0] + [m.dim for m in self.members]).cumsum(0).tolist()
+        return torch.stack([1 - F.cosine_similarity(desc_a[:, lo:hi], desc_b[:, lo:hi], dim=1)
+                            for lo, hi in zip(bounds[:-1], bounds[1:])])
+
     def at_precision(self, precision: str) -> "EnsembleIdentity":
         view = copy.copy(self)
         view._modules = dict(self._modules)  # the copy's own module table: the original keeps its members

@@ -17,6 +17,8 @@ from guide_engine.guide.losses import feature_distance, pair_terms
 from guide_engine.guide.robust import (
     LOOK_FACES,
     LOOK_OFFSET,
+    MARGIN_FACES,
+    MARGIN_OFFSET,
     PIXEL_OFFSET,
     PRESERVE_OFFSET,
     SCREEN_OFFSET,
@@ -182,10 +184,51 @@ def test_recolour_leaves_no_way_out_by_a_tint(generator, identity):
         dist = identity.distance(identity.descriptors(recoloured), identity.descriptors(photo).expand(3, -1))
         torch.testing.assert_close(attacker.hinged(faces)[0], dist, rtol=1e-5, atol=1e-6)
         attacker.cfg = dataclasses.replace(cfg, margin=float(dist.median()))  # one row under the margin
-        attacker.look_margin = float(attacker.hinged(faces)[1].min()) - 1e-3  # the look hinge at rest
+        attacker.look_margin = float(attacker.hinged(faces)[2].min()) - 1e-3  # the look hinge at rest
         expected = 2.0 * (attacker.cfg.margin - dist).clamp_min(0).sum()
         assert expected > 0
         torch.testing.assert_close(attacker.loss(generator, generator, 0)["robust"], expected, rtol=1e-5, atol=0)
+
+
+def test_members_apart_each_to_its_own_margin(generator, identity):
+    """apart: each member's margin is the margin_quantile of its 1 - cos over the stranger pairs of MARGIN_FACES
+    random faces of G_s; the hinge is weight x the sum over the members of (own margin - own distance) where
+    positive; a search round attacks with each member alone from the same starts and banks what lies inside any
+    member's margin; one network alone is refused."""
+    from guide_engine.engine.models.ensemble import EnsembleIdentity
+
+    photo = _photo(generator)
+    ens = EnsembleIdentity([identity, identity], [1.0, 2.0])  # units do not change a member's own distance
+    cfg = RobustConfig(pool=3, margin=0.0, preserve=0, weight=2.0, margin_quantile=0.2, apart=True)
+    attacker = Attacker(generator, ens, photo, cfg, seed=0)
+
+    def own(images):  # dlib's 1 - cos, written out
+        return 1 - torch.nn.functional.cosine_similarity(identity.descriptors(images), identity.descriptors(photo))
+
+    with torch.no_grad():
+        d = identity.descriptors(generator.synthesize(generator.sample_latents(MARGIN_FACES,
+                                                                               stream(0, -1, MARGIN_OFFSET))))
+        half = MARGIN_FACES // 2
+        pairs = 1 - torch.nn.functional.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
+        torch.testing.assert_close(attacker.member_margins, pairs.quantile(0.2).expand(2, 1), rtol=1e-5, atol=1e-6)
+        dist = own(generator.synthesize(attacker.w))
+        lo, hi = float(dist.min()) + 1e-3, float(dist.max()) + 1e-3  # one member's line past one face, one past all
+        attacker.member_margins = torch.tensor([[lo], [hi]])
+        expected = 2.0 * ((lo - dist).clamp_min(0) + (hi - dist).clamp_min(0)).sum()
+        torch.testing.assert_close(attacker.loss(generator, generator, 0)["robust"], expected, rtol=1e-5, atol=1e-6)
+        assert attacker.near(generator.synthesize(attacker.w)).all()  # inside the wider line: all pushed
+        attacker.member_margins = torch.tensor([[lo], [lo]])
+        assert attacker.near(generator.synthesize(attacker.w)).sum() == 1
+    search = dataclasses.replace(cfg, replay=1, bank_size=8, search_every=1, search_starts=2, search_steps=1)
+    searcher = Attacker(generator, ens, photo, search, seed=0)
+    searcher.member_margins = torch.tensor([[5.0], [5.0]])  # everything inside
+    ends = descend(generator, identity, photo, generator.sample_latents(2, stream(0, 0, SEARCH_OFFSET)), 1,
+                   progress=False)
+    assert searcher.search(generator, 0) == 4  # each member's 2 ends
+    torch.testing.assert_close(searcher.bank, torch.cat([ends, ends]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(searcher.state_dict()["member_margins"], searcher.member_margins)  # in the checkpoint
+    with pytest.raises(GuideEngineError, match="apart"):
+        Attacker(generator, identity, photo, cfg, seed=0)
 
 
 def test_search_rounds_alone(generator, identity):

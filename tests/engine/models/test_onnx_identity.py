@@ -116,6 +116,9 @@ def test_ensemble_distance_is_the_members_mean_in_their_own_units():
 
     want = (cos_dist(a) / units[0] + cos_dist(b) / units[1]) / (1 / units[0] + 1 / units[1])
     torch.testing.assert_close(got, want)
+    # each member apart, on its own part of the joined descriptors: its own 1 - cos, whatever its unit
+    torch.testing.assert_close(ens.member_distances(ens.descriptors(x), ens.descriptors(y)),
+                               torch.stack([cos_dist(a), cos_dist(b)]))
     feats, _ = ens.features(x)
     assert len(feats) == 2
     view = ens.at_precision("bf16")
