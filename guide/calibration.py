@@ -49,6 +49,13 @@ def calibration_path(generator, net, base_sha: str) -> Path:
     return zoo.cache_home() / "calibration" / f"{names}__{key}__v{CALIB_VERSION}.json"
 
 
+def stranger_pairs(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) descriptors of random faces => (a, b), each (N/2 * N/2, D): every face of the first half against
+    every face of the second, the stranger pairs a calibration measures."""
+    half = len(d) // 2
+    return d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)
+
+
 @torch.no_grad()
 def calibrate(generator, net, base_sha: str) -> dict:
     """Strangers' distance distribution in the network's own distance, cached in $GUIDE_ENGINE_HOME/calibration/."""
@@ -66,8 +73,8 @@ def calibrate(generator, net, base_sha: str) -> dict:
     with seeded_rng(CALIB_SEEDS[0], w.device):  # EG3D's ray samples: the same calibration on every machine
         d = descriptors(net, in_batches(generator.synthesize, w, synthesis_batch(generator),
                                         desc=f"calibrating {net.name} (once)")).cpu()
+    a, b = stranger_pairs(d)  # all 200 x 200 pairs
     half = len(d) // 2
-    a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)  # all 200 x 200 pairs
     dist = net.distance(a, b).cpu()  # the network's own distance (dlib: euclidean; cosine networks: 1 - cos)
     cos = F.cosine_similarity(d[:half, None], d[None, half:], dim=2).flatten()
     quantiles = dist.quantile(torch.linspace(0, 1, 1001, dtype=dist.dtype))

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..engine.rng import stream
 from ..engine.runtime import in_batches, synthesis_batch
+from .calibration import stranger_pairs
 from .invert import descend, inversion_loss, look_distance
 from .losses import feature_distance, pair_terms
 
@@ -157,9 +158,8 @@ class Attacker:
         w = G_s.sample_latents(MARGIN_FACES, stream(self.seed, -1, MARGIN_OFFSET)).to(self.photo)
         with torch.no_grad():
             d = in_batches(lambda w: self.net.descriptors(G_s.synthesize(w)), w, synthesis_batch(G_s))
-        half = len(d) // 2
-        a, b = d[:half].repeat_interleave(len(d) - half, dim=0), d[half:].repeat(half, 1)
-        return self.net.member_distances(a, b).quantile(self.cfg.margin_quantile, dim=1, keepdim=True)
+        pairs = self.net.member_distances(*stranger_pairs(d))
+        return pairs.quantile(self.cfg.margin_quantile, dim=1, keepdim=True)
 
     def _look_margin(self, G_s) -> float:
         """The pixel_quantile of the pixel + perceptual distance to the photo of LOOK_FACES random faces of G_s."""
